@@ -1,0 +1,93 @@
+"""``modeldeck up|down|status|logs``: the local stack from one command."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+
+from installer import stack
+from installer.processes import Layout, running, tail
+from server.core.settings import SettingsError, load_settings
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    try:
+        secret = stack.up(settings)
+    except stack.StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        stack.down(settings)
+        return 1
+    layout = Layout(settings.home.resolve())
+    url = stack.api_url(settings)
+    print(f"ModelDeck is up.\n  API:       {url}/api/v1\n  API docs:  {url}/api/docs\n"
+          f"  admin key: {secret}\n  (also in {layout.admin_key}, mode 600)\n"
+          f'Try: curl -H "Authorization: Bearer $(cat {layout.admin_key})" {url}/api/v1/me')
+    if not args.foreground:
+        return 0
+    stopping = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    while not stopping:
+        dead = [n for n in ("api", "worker-cpu") if running(layout, n) is None]
+        if dead:
+            print(f"error: {', '.join(dead)} exited; stopping the stack", file=sys.stderr)
+            stack.down(settings)
+            return 1
+        time.sleep(1)
+    stack.down(settings)
+    return 0
+
+
+def _cmd_down(_: argparse.Namespace) -> int:
+    stopped = stack.down(load_settings())
+    print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+    return 0
+
+
+def _cmd_status(_: argparse.Namespace) -> int:
+    states = stack.status(load_settings())
+    for name, state in states.items():
+        print(f"{name:12} {state}")
+    return 0 if states.get("readiness") == "ready" else 3
+
+
+def _cmd_logs(args: argparse.Namespace) -> int:
+    layout = Layout(load_settings().home.resolve())
+    names = [args.component] if args.component else list(stack.COMPONENTS)
+    for name in names:
+        print(f"==> {layout.log(name)} <==")
+        print(tail(layout.log(name), args.lines))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the modeldeck command."""
+    parser = argparse.ArgumentParser(prog="modeldeck", description="Run the ModelDeck stack on this machine.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_up = sub.add_parser("up", help="start the stack in the background and wait until it is ready")
+    p_up.add_argument("--foreground", action="store_true", help="stay attached; stop the stack on Ctrl-C or SIGTERM")
+    p_up.set_defaults(func=_cmd_up)
+    sub.add_parser("down", help="stop what `up` started").set_defaults(func=_cmd_down)
+    sub.add_parser("status", help="show each component and the API's readiness").set_defaults(func=_cmd_status)
+    p_logs = sub.add_parser("logs", help="show the last lines of the logs")
+    p_logs.add_argument("component", nargs="?", choices=stack.COMPONENTS)
+    p_logs.add_argument("-n", "--lines", type=int, default=40)
+    p_logs.set_defaults(func=_cmd_logs)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""The services the stack stands on: RabbitMQ (reuse, start or install) and the repository."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pika
+import pymongo
+
+from installer.processes import Layout, running, start
+from server.core.settings import Settings
+
+
+class StackError(Exception):
+    """A component could not be brought up; the message says what to do."""
+
+
+def broker_answers(url: str) -> bool:
+    """Tell whether an AMQP broker accepts a connection at url."""
+    params = pika.URLParameters(url)
+    if params.virtual_host in ("", "/"):
+        params.virtual_host = "/"
+    params.socket_timeout = 2
+    params.connection_attempts = 1
+    try:
+        pika.BlockingConnection(params).close()
+        return True
+    except pika.exceptions.AMQPError:
+        return False
+
+
+def ensure_broker(settings: Settings, layout: Layout | None = None, wait_s: float = 90) -> bool:
+    """Use a broker that answers; else start (and, as root, install) a local RabbitMQ. Return whether we started it."""
+    if broker_answers(settings.broker_url):
+        return False
+    host = urlparse(settings.broker_url).hostname or ""
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        raise StackError(f"no AMQP broker answers at {_redact(settings.broker_url)}; check MODELDECK_BROKER_URL and that it is reachable")
+    if shutil.which("rabbitmq-server") is None:
+        if os.geteuid() == 0 and shutil.which("apt-get"):
+            print("RabbitMQ is not installed; installing Debian's rabbitmq-server with apt-get ...", flush=True)
+            env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+            subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
+            subprocess.run(["apt-get", "install", "-y", "-q", "rabbitmq-server"], check=True, env=env, stdout=subprocess.DEVNULL)
+        else:
+            raise StackError(
+                "no RabbitMQ answers at " + _redact(settings.broker_url) + " and rabbitmq-server is not installed; "
+                "install it with `sudo apt-get install rabbitmq-server` (or point MODELDECK_BROKER_URL at a broker)"
+            )
+    if not broker_answers(settings.broker_url):
+        print("starting a local RabbitMQ (rabbitmq-server -detached) ...", flush=True)
+        subprocess.run(["rabbitmq-server", "-detached"], check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + wait_s
+        while not broker_answers(settings.broker_url):
+            if time.monotonic() > deadline:
+                raise StackError(f"RabbitMQ did not answer within {wait_s:.0f} s; see /var/log/rabbitmq/")
+            time.sleep(1)
+        if layout is not None:
+            layout.record("rabbitmq").write_text(json.dumps({"started_by_modeldeck": True}))
+        return True
+    return False
+
+
+def stop_broker_if_ours(layout: Layout) -> bool:
+    """Stop RabbitMQ only if `up` started it."""
+    record = layout.record("rabbitmq")
+    if not record.exists():
+        return False
+    subprocess.run(["rabbitmqctl", "stop"], check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    record.unlink(missing_ok=True)
+    return True
+
+
+def _redact(url: str) -> str:
+    parsed = urlparse(url)
+    if parsed.password:
+        return url.replace(f":{parsed.password}@", ":***@")
+    return url
+
+
+def repository_answers(url: str, timeout_ms: int = 1000) -> bool:
+    """Tell whether a MongoDB-wire server answers a ping at url."""
+    client: pymongo.MongoClient = pymongo.MongoClient(url, serverSelectionTimeoutMS=timeout_ms)
+    try:
+        client.admin.command("ping")
+        return True
+    except pymongo.errors.PyMongoError:
+        return False
+    finally:
+        client.close()
+
+
+def nx_command(db_path: Path, port: int, layout_run: Path) -> list[str]:
+    """Return the command line of the embedded nx-27017 server."""
+    exe = Path(sys.executable).with_name("nx-27017")
+    binary = str(exe) if exe.exists() else (shutil.which("nx-27017") or "nx-27017")
+    return [binary, "--db", str(db_path), "--host", "127.0.0.1", "--port", str(port),
+            "--log-file", str(layout_run / "nx-27017.log"), "--pid-file", str(layout_run / "nx-27017.pid")]
+
+
+def ensure_repository(settings: Settings, layout: Layout, env: dict[str, str], wait_s: float = 30) -> bool:
+    """Use the configured MongoDB, else run the embedded nx-27017 server. Return whether we started it."""
+    url = settings.effective_mongo_url
+    if not settings.embedded_mongo:
+        if not repository_answers(url, 3000):
+            raise StackError("MongoDB does not answer at the configured MODELDECK_MONGO_URL; check the URL and credentials")
+        return False
+    if running(layout, "repository") is not None:
+        return False
+    if repository_answers(url, 300):
+        raise StackError(
+            f"port {settings.embedded_mongo_port} is taken by another server; stop it or set MODELDECK_EMBEDDED_MONGO_PORT"
+        )
+    start(layout, "repository", nx_command(layout.data / "repository.db", settings.embedded_mongo_port, layout.run), env)
+    deadline = time.monotonic() + wait_s
+    while not repository_answers(url, 300):
+        if running(layout, "repository") is None or time.monotonic() > deadline:
+            raise StackError("the embedded repository (nx-27017) did not start")
+        time.sleep(0.2)
+    return True
+
+
+if __name__ == "__main__":
+    # `python -m installer.services` makes sure a broker answers (used by the test command).
+    from server.core.settings import load_settings
+
+    try:
+        started = ensure_broker(load_settings())
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    print("RabbitMQ started" if started else "RabbitMQ answers")

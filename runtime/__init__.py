@@ -1,0 +1,1 @@
+"""ModelDeck runtime: Celery workers that load models and run predictions and jobs."""

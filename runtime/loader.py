@@ -1,0 +1,123 @@
+"""Turn artifact bytes into a ready-to-call model, by format."""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+
+class ModelLoadError(Exception):
+    """The artifact could not be turned into a model (corrupt file, missing library)."""
+
+
+class ModelRunError(Exception):
+    """The model raised or returned something that cannot be sent back."""
+
+
+@dataclass
+class LoadedModel:
+    sha256: str
+    fmt: str
+    size: int
+    run: Callable[[list[list[Any]]], list[Any]]
+
+
+def _to_array(rows: list[list[Any]]) -> np.ndarray:
+    """Build a 2-D array: float64 when every value is numeric, object otherwise."""
+    try:
+        return np.asarray(rows, dtype=np.float64)
+    except (TypeError, ValueError):
+        return np.asarray(rows, dtype=object)
+
+
+def _to_list(output: Any) -> list[Any]:
+    """Convert model output to JSON-safe Python values, refusing NaN and infinity."""
+    values = output.tolist() if hasattr(output, "tolist") else list(output)
+    flat = values if not values or not isinstance(values[0], list) else [v for row in values for v in row]
+    for v in flat:
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ModelRunError(f"the model returned a non-finite value ({v})")
+    return values
+
+
+def _sklearn_runner(model: Any) -> Callable[[list[list[Any]]], list[Any]]:
+    if not hasattr(model, "predict"):
+        raise ModelLoadError(f"the loaded object ({type(model).__name__}) has no predict method")
+    return lambda rows: _to_list(model.predict(_to_array(rows)))
+
+
+def _onnx_runner(data: bytes) -> Callable[[list[list[Any]]], list[Any]]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    # Workers run several models side by side; one thread per session keeps them from fighting.
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
+    first = session.get_inputs()[0]
+    out_name = session.get_outputs()[0].name
+    dtype = np.int64 if "int64" in first.type else np.float32
+
+    def run(rows: list[list[Any]]) -> list[Any]:
+        return _to_list(session.run([out_name], {first.name: np.asarray(rows, dtype=dtype)})[0])
+
+    return run
+
+
+def _torchscript_runner(data: bytes) -> Callable[[list[list[Any]]], list[Any]]:
+    try:
+        import torch
+    except ImportError as exc:
+        raise ModelLoadError("torchscript models need torch, which this worker's environment lacks") from exc
+    module = torch.jit.load(io.BytesIO(data), map_location="cpu")
+    module.eval()
+
+    def run(rows: list[list[Any]]) -> list[Any]:
+        with torch.no_grad():
+            return _to_list(module(torch.tensor(rows, dtype=torch.float32)))
+
+    return run
+
+
+def preload_libraries() -> None:
+    """Import the model libraries once at worker start, so a model's first load is only deserialisation."""
+    import importlib
+
+    for module in ("skops.io", "sklearn.linear_model", "sklearn.ensemble", "sklearn.tree", "sklearn.pipeline",
+                   "sklearn.preprocessing", "sklearn.svm", "sklearn.neighbors", "onnxruntime", "joblib"):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            pass
+
+
+def load_model(sha256: str, fmt: str, data: bytes, trusted_types: list[str]) -> LoadedModel:
+    """Load artifact bytes of a given format into a callable model."""
+    try:
+        if fmt == "skops":
+            import skops.io
+
+            run = _sklearn_runner(skops.io.loads(data, trusted=trusted_types))
+        elif fmt == "onnx":
+            run = _onnx_runner(data)
+        elif fmt == "joblib":
+            import joblib
+
+            run = _sklearn_runner(joblib.load(io.BytesIO(data)))
+        elif fmt == "pickle":
+            import pickle
+
+            run = _sklearn_runner(pickle.loads(data))  # noqa: S301 - admitted only by an admin with pickle enabled
+        elif fmt == "torchscript":
+            run = _torchscript_runner(data)
+        else:
+            raise ModelLoadError(f"unknown model format '{fmt}'")
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # any library error while loading is the artifact's fault
+        raise ModelLoadError(f"{type(exc).__name__}: {str(exc)[:300]}") from exc
+    return LoadedModel(sha256=sha256, fmt=fmt, size=len(data), run=run)

@@ -1,0 +1,39 @@
+"""Per-process worker state: settings, repository handle, model cache, busy counter."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from pymongo.database import Database
+
+from runtime.cache import ModelCache
+from server.core.db import connect
+from server.core.settings import Settings
+
+
+@dataclass
+class WorkerState:
+    settings: Settings
+    db: Database
+    cache: ModelCache
+    busy: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+_state: WorkerState | None = None
+
+
+def init_state(settings: Settings) -> WorkerState:
+    """Create this process's state once."""
+    global _state
+    if _state is None:
+        _state = WorkerState(settings=settings, db=connect(settings), cache=ModelCache(settings.model_cache_size))
+    return _state
+
+
+def get_state() -> WorkerState:
+    """Return this process's state; init_state must have run."""
+    if _state is None:
+        raise RuntimeError("worker state used before init_state")
+    return _state

@@ -1,0 +1,44 @@
+"""Celery tasks: thin wrappers that look up what they need and call plain functions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import shared_task
+from celery.utils.log import get_task_logger
+
+from runtime.predict import run_prediction
+from runtime.state import get_state
+from server.core import jobs_repo
+
+logger = get_task_logger(__name__)
+
+
+@shared_task(name="runtime.predict")
+def predict(spec: dict[str, Any], rows: list[list[Any]]) -> dict[str, Any]:
+    """Answer a synchronous prediction; the reply goes to the caller's reply queue."""
+    state = get_state()
+    with state.lock:
+        state.busy += 1
+    try:
+        return run_prediction(state, spec, rows)
+    finally:
+        with state.lock:
+            state.busy -= 1
+
+
+@shared_task(name="runtime.predict_job", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def predict_job(job_id: str) -> None:
+    """Run an asynchronous prediction job and store its outcome; a redelivered finished job is skipped."""
+    state = get_state()
+    job = jobs_repo.start_job(state.db, job_id)
+    if job is None:
+        logger.info("job %s already finished or unknown; skipping", job_id)
+        return
+    params = job["params"]
+    outcome = run_prediction(state, params["spec"], params["rows"])
+    if outcome["ok"]:
+        jobs_repo.finish_job(state.db, job_id, result={"predictions": outcome["predictions"]})
+    else:
+        jobs_repo.finish_job(state.db, job_id, error=outcome["error"])
+    logger.info("job %s finished ok=%s", job_id, outcome["ok"])

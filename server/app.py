@@ -1,0 +1,94 @@
+"""The Flask application factory of the Service API."""
+
+from __future__ import annotations
+
+import logging
+from importlib.metadata import PackageNotFoundError, version
+
+from flask import Flask, Response, g, request
+from flask_swagger_ui import get_swaggerui_blueprint
+from werkzeug.exceptions import HTTPException
+
+from server.api import Api, json_response, request_id
+from server.auth import Authenticator
+from server.context import Context, PoolLiveness
+from server.core.db import connect, ensure_indexes
+from server.core.errors import ModelDeckError
+from server.core.settings import Settings
+from server.openapi import build_openapi
+from server.router import Router
+from server.views import apikeys, docs, health, jobs, models, predict, v2
+
+logger = logging.getLogger(__name__)
+
+APIS: list[Api] = [health.api, docs.api, apikeys.api, models.api, predict.api, jobs.api, v2.api]
+_HTTP_CODES = {400: "invalid_input", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+
+def _version() -> str:
+    try:
+        return version("modeldeck")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+def create_app(settings: Settings, router: Router | None = None) -> Flask:
+    """Create and configure the Flask application."""
+    app = Flask(__name__)
+    # Uploads may be large; JSON bodies have their own, smaller limit (server.api.read_json).
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes + 1024 * 1024
+    # Spool multipart files to disk past 1 MiB instead of holding them in memory.
+    app.config["MAX_FORM_MEMORY_SIZE"] = 1024 * 1024
+    db = connect(settings)
+    ensure_indexes(db)
+    if router is None:
+        router = Router(settings.broker_url, settings.queue_prefix)
+        router.start()
+    app.extensions["modeldeck"] = Context(
+        settings=settings, db=db, router=router, auth=Authenticator(db),
+        liveness=PoolLiveness(db, settings.worker_lost_after_s),
+    )
+    for api in APIS:
+        app.register_blueprint(api.blueprint)
+    app.extensions["modeldeck_openapi"] = build_openapi([op for api in APIS for op in api.operations], _version())
+    app.register_blueprint(get_swaggerui_blueprint("/api/docs", "/api/v1/openapi.json", config={"app_name": "ModelDeck API"}))
+    _register_handlers(app)
+    return app
+
+
+def _register_handlers(app: Flask) -> None:
+    @app.before_request
+    def _assign_request_id() -> None:
+        request_id()
+
+    @app.after_request
+    def _headers(resp: Response) -> Response:
+        resp.headers["X-Request-ID"] = g.get("request_id", "")
+        resp.headers["X-Content-Type-Options"] = "nosniff"
+        return resp
+
+    @app.errorhandler(ModelDeckError)
+    def _modeldeck_error(exc: ModelDeckError) -> Response:
+        if request.path.startswith("/v2"):
+            return v2.v2_error(exc)
+        body = exc.to_body()
+        body["error"]["request_id"] = g.get("request_id")
+        return json_response(body, exc.status)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        message = exc.description or exc.name
+        if status == 413:
+            limit = app.config["MAX_CONTENT_LENGTH"] - 1024 * 1024
+            message = f"request body is over the upload limit of {limit} bytes (MODELDECK_MAX_UPLOAD_MB)"
+        body = {"error": {"code": _HTTP_CODES.get(status, exc.name.lower().replace(" ", "_")),
+                          "message": message, "details": {}, "request_id": g.get("request_id")}}
+        return json_response(body, status)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        logger.exception("request %s failed", g.get("request_id"))
+        body = {"error": {"code": "internal", "message": f"internal error; quote request id {g.get('request_id')} to an operator",
+                          "details": {}, "request_id": g.get("request_id")}}
+        return json_response(body, 500)

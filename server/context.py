@@ -1,0 +1,47 @@
+"""What every view needs, built once per API process by create_app."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+from pymongo.database import Database
+
+from server.auth import Authenticator
+from server.core import workers_repo
+from server.core.settings import Settings
+from server.router import Router
+
+
+class PoolLiveness:
+    """Which pools have live workers, from heartbeats, refreshed at most once a second."""
+
+    def __init__(self, db: Database, lost_after_s: float) -> None:
+        self.db = db
+        self.lost_after_s = lost_after_s
+        self._cache: tuple[float, dict[str, int]] = (0.0, {})
+        self._lock = threading.Lock()
+
+    def live_counts(self) -> dict[str, int]:
+        """Return the number of live workers per pool."""
+        now = time.monotonic()
+        with self._lock:
+            stamp, counts = self._cache
+            if now - stamp < 1.0:
+                return counts
+        counts = {}
+        for worker in workers_repo.live_workers(self.db, self.lost_after_s):
+            counts[worker["pool"]] = counts.get(worker["pool"], 0) + 1
+        with self._lock:
+            self._cache = (now, counts)
+        return counts
+
+
+@dataclass
+class Context:
+    settings: Settings
+    db: Database
+    router: Router
+    auth: Authenticator
+    liveness: PoolLiveness

@@ -1,0 +1,1 @@
+"""Code shared by the API and the runtime: settings, errors, repository, model formats."""

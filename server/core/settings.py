@@ -1,0 +1,75 @@
+"""One frozen settings object per process, read from ``MODELDECK_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
+
+
+class SettingsError(Exception):
+    """A configuration variable is missing or invalid."""
+
+
+class Settings(BaseSettings):
+    """Configuration for every ModelDeck process; documented in docs/configuration.md."""
+
+    model_config = SettingsConfigDict(env_prefix="MODELDECK_", frozen=True, extra="ignore")
+
+    env: Literal["development", "production"] = "development"
+    home: Path = Path(".modeldeck")
+    broker_url: str = DEFAULT_BROKER_URL
+    queue_prefix: str = Field(default="modeldeck.", pattern=r"^[A-Za-z0-9_.-]*$")
+    mongo_url: str = ""
+    mongo_db: str = Field(default="modeldeck", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    embedded_mongo_port: int = Field(default=27117, ge=1, le=65535)
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8600, ge=0, le=65535)
+    api_workers: int = Field(default=2, ge=1)
+    api_threads: int = Field(default=16, ge=1)
+    allow_pickle: bool = False
+    skops_trusted_prefixes: tuple[str, ...] = ("sklearn.",)
+    max_upload_mb: int = Field(default=1024, ge=1)
+    max_body_kb: int = Field(default=10240, ge=1)
+    predict_timeout_s: float = Field(default=30.0, gt=0)
+    worker_pool: str = Field(default="cpu", pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")
+    worker_concurrency: int = Field(default=4, ge=1)
+    model_cache_size: int = Field(default=32, ge=1)
+    heartbeat_interval_s: float = Field(default=2.0, gt=0)
+    worker_lost_after_s: float = Field(default=10.0, gt=0)
+    job_result_ttl_s: int = Field(default=86400, ge=60)
+
+    @property
+    def embedded_mongo(self) -> bool:
+        """Tell whether the stack runs its own nx-27017 server."""
+        return not self.mongo_url
+
+    @property
+    def effective_mongo_url(self) -> str:
+        """Return the configured MongoDB URL, else the embedded server's."""
+        return self.mongo_url or f"mongodb://127.0.0.1:{self.embedded_mongo_port}"
+
+    def queue_name(self, pool: str) -> str:
+        """Return the RabbitMQ queue that serves a pool."""
+        return self.queue_prefix + pool
+
+    @property
+    def max_upload_bytes(self) -> int:
+        """Return the upload size limit in bytes."""
+        return self.max_upload_mb * 1024 * 1024
+
+
+def load_settings() -> Settings:
+    """Read settings from the environment, naming the bad variable when one is invalid."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"MODELDECK_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise SettingsError(f"invalid configuration: {problems} (see docs/configuration.md)") from exc

@@ -1,0 +1,104 @@
+"""Run a prediction for a caller: resolve the version, check scope and rows, route to the model's pool."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from server.auth import Principal
+from server.context import Context
+from server.core import jobs_repo, models_repo
+from server.core.keys_repo import role_rank
+from server.core.errors import ForbiddenError, ModelFailedError, NotFoundError, UnavailableError
+from server.core.models_repo import VersionDoc
+from server.validation import validate_rows
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    predictions: list[Any]
+    model: str
+    version: int
+    request_id: str
+    timings: dict[str, float]
+
+
+def resolve(ctx: Context, principal: Principal, name: str, ref: int | str | None) -> VersionDoc:
+    """Resolve the version a caller asked for, refusing models outside a scoped key."""
+    if not principal.may_use_model(name):
+        raise ForbiddenError(f"this credential is limited to models {', '.join(principal.models or ())}; it may not use '{name}'")
+    return models_repo.resolve_version(ctx.db, name, ref)
+
+
+def task_spec(doc: VersionDoc) -> dict[str, Any]:
+    """Return what a worker needs to load a version."""
+    return {
+        "name": doc["name"], "version": doc["version"], "sha256": doc["sha256"],
+        "format": doc["format"], "trusted_types": doc.get("trusted_types") or [],
+    }
+
+
+def check_pool(ctx: Context, doc: VersionDoc) -> None:
+    """Fail fast when no live worker serves the model's pool."""
+    pool = doc["pool"]
+    if ctx.liveness.live_counts().get(pool, 0) == 0:
+        hint = "start one with `modeldeck up` or scale the pool" if pool == "cpu" else f"start a worker with MODELDECK_WORKER_POOL={pool}"
+        raise UnavailableError(f"no worker is serving pool '{pool}' for model '{doc['name']}'; {hint}", {"pool": pool})
+
+
+def predict(ctx: Context, principal: Principal, name: str, inputs: Any, ref: int | str | None, request_id: str) -> PredictResult:
+    """Validate rows and run them on a worker of the model's pool, waiting for the answer."""
+    started = time.perf_counter()
+    doc = resolve(ctx, principal, name, ref)
+    rows = validate_rows(inputs, doc.get("input_schema"))
+    check_pool(ctx, doc)
+    routed = time.perf_counter()
+    reply = ctx.router.call(doc["pool"], "runtime.predict", [task_spec(doc), rows], ctx.settings.predict_timeout_s, request_id)
+    if reply["status"] != "SUCCESS":
+        logger.error("request %s: task ended %s", request_id, reply["status"])
+        raise ModelFailedError(f"model '{name}' version {doc['version']}: the worker could not run the task ({reply['status']})")
+    outcome = reply["result"]
+    if not outcome["ok"]:
+        err = outcome["error"]
+        raise ModelFailedError(err["message"], {"code": err["code"], "model": name, "version": doc["version"]})
+    done = time.perf_counter()
+    timings = {
+        "total_ms": round((done - started) * 1000, 3),
+        "route_ms": round((done - routed) * 1000, 3),
+        "model_ms": outcome["model_ms"],
+        "load_ms": outcome["load_ms"],
+    }
+    return PredictResult(outcome["predictions"], name, doc["version"], request_id, timings)
+
+
+def submit_job(ctx: Context, principal: Principal, name: str, inputs: Any, ref: int | str | None) -> dict[str, Any]:
+    """Validate rows, record a queued job and send it durably; the job is removed if sending fails."""
+    doc = resolve(ctx, principal, name, ref)
+    rows = validate_rows(inputs, doc.get("input_schema"))
+    check_pool(ctx, doc)
+    job_id = "job_" + uuid.uuid4().hex
+    params = {"model": name, "version": doc["version"], "spec": task_spec(doc), "rows": rows}
+    job = jobs_repo.create_job(ctx.db, job_id, "predict", principal.subject, params, ctx.settings.job_result_ttl_s)
+    try:
+        ctx.router.send(doc["pool"], "runtime.predict_job", [job_id], job_id)
+    except UnavailableError:
+        jobs_repo.delete_job(ctx.db, job_id)
+        raise
+    return job
+
+
+def job_view(job: dict[str, Any], principal: Principal) -> dict[str, Any]:
+    """Return a job as the API shows it; only its owner or an operator may see it."""
+    if job["owner"] != principal.subject and role_rank(principal.role) < role_rank("operator"):
+        raise NotFoundError(f"job '{job['_id']}' does not exist or its result has expired", {"id": job["_id"]})
+    return {
+        "id": job["_id"], "kind": job["kind"], "status": job["status"], "owner": job["owner"],
+        "model": job["params"]["model"], "version": job["params"]["version"],
+        "created_at": job["created_at"], "started_at": job["started_at"], "finished_at": job["finished_at"],
+        "result": job["result"], "error": job["error"],
+    }
