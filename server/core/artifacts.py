@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
 from bson import Binary
 from pymongo.database import Database
@@ -66,20 +66,23 @@ def put_artifact(db: Database, stream: BinaryIO) -> StoredArtifact:
     return art
 
 
-def get_artifact(db: Database, sha256: str) -> bytes:
-    """Read an artifact back, one chunk per query, and verify its sha256."""
+def iter_artifact(db: Database, sha256: str) -> Iterator[bytes]:
+    """Yield an artifact's chunks in order, verifying its sha256 at the end (for streaming downloads)."""
     manifest = db.artifacts.find_one({"_id": sha256})
     if manifest is None:
         raise CorruptArtifactError(f"artifact {sha256} is missing from the repository")
     digest = hashlib.sha256()
-    parts = []
     for n in range(manifest["chunks"]):
         doc = db.artifact_chunks.find_one({"_id": f"{sha256}_{n}"})
         if doc is None:
             raise CorruptArtifactError(f"artifact {sha256} is missing chunk {n}")
         block = bytes(doc["data"])
         digest.update(block)
-        parts.append(block)
+        yield block
     if digest.hexdigest() != sha256:
         raise CorruptArtifactError(f"artifact {sha256} failed its sha256 check; it was altered in the repository")
-    return b"".join(parts)
+
+
+def get_artifact(db: Database, sha256: str) -> bytes:
+    """Read an artifact back, one chunk per query, and verify its sha256."""
+    return b"".join(iter_artifact(db, sha256))

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
-from flask import Response, current_app, g, request
+from flask import Response, current_app, g, request, stream_with_context
 from pydantic import BaseModel, Field
 
 from server.api import Api, json_response
 from server.core import models_repo
+from server.core.artifacts import iter_artifact
 from server.core.errors import InvalidInputError, NotFoundError
 from server.core.models_repo import ALIAS_RE
 from server.uploads import UploadMetadata, upload_model
@@ -98,6 +100,23 @@ def get_model(name: str) -> Response:
 def get_version(name: str, version: int) -> Response:
     _scope(name)
     return json_response(version_view(models_repo.get_version(_ctx().db, name, version)))
+
+
+@api.route("/<name>/versions/<int:version>/artifact", "GET", "operator", "Download a version's artifact, byte for byte")
+def download_artifact(name: str, version: int) -> Response:
+    doc = models_repo.get_version(_ctx().db, name, version)
+    chunks = iter_artifact(_ctx().db, doc["sha256"])
+    first = next(chunks, b"")  # fail before the headers are sent if the artifact is missing
+    resp = Response(stream_with_context(_chain(first, chunks)), mimetype="application/octet-stream")
+    resp.headers["Content-Length"] = str(doc["size"])
+    resp.headers["Content-Disposition"] = f'attachment; filename="{name}-{version}.{doc["format"]}"'
+    resp.headers["X-Checksum-Sha256"] = doc["sha256"]
+    return resp
+
+
+def _chain(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+    yield first
+    yield from rest
 
 
 @api.route("/<name>/aliases/<alias>", "PUT", "operator", "Point an alias at a version (promote or roll back)", body=AliasBody)

@@ -1,0 +1,262 @@
+"""Real services for the tests: RabbitMQ (reused or started), nx-27017, Celery workers, the API under gunicorn.
+
+Everything runs on loopback. Each session gets its own repository database, its own queue
+prefix and ephemeral ports, so a developer's running stack is never touched.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pymongo
+import pytest
+import requests
+import skops.io as sio
+from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
+
+from installer.services import StackError, ensure_broker, nx_command, repository_answers
+from server.core import keys_repo
+from server.core.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+IRIS_FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(check: Any, timeout_s: float, what: str, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    tail = log.read_text()[-3000:] if log and log.exists() else ""
+    pytest.fail(f"{what} did not come up within {timeout_s:.0f} s\n{tail}")
+
+
+class Proc:
+    """A child process started by the tests, with its log file."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self._log_file = open(log, "ab")  # noqa: SIM115
+        self.popen = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=self._log_file, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self) -> None:
+        if self.alive():
+            os.killpg(self.popen.pid, 15)
+            try:
+                self.popen.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, 9)
+                self.popen.wait(5)
+        self._log_file.close()
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    env: dict[str, str]
+    tmp: Path
+    db: Any
+
+    def settings_with(self, **changes: Any) -> Settings:
+        return self.settings.model_copy(update=changes)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A broker that answers, a fresh nx-27017 server, and the settings every process shares."""
+    tmp = tmp_path_factory.mktemp("stack")
+    tag = uuid.uuid4().hex[:8]
+    mongo_port = free_port()
+    env = {
+        **os.environ,
+        "MODELDECK_HOME": str(tmp / "home"),
+        "MODELDECK_EMBEDDED_MONGO_PORT": str(mongo_port),
+        "MODELDECK_MONGO_URL": "",
+        "MODELDECK_MONGO_DB": f"test_{tag}",
+        "MODELDECK_QUEUE_PREFIX": f"test-{tag}.",
+        "MODELDECK_HEARTBEAT_INTERVAL_S": "0.5",
+        "MODELDECK_WORKER_LOST_AFTER_S": "3",
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}",
+        "PYTHONUNBUFFERED": "1",
+    }
+    settings = Settings(
+        home=tmp / "home", embedded_mongo_port=mongo_port, mongo_url="", mongo_db=f"test_{tag}",
+        queue_prefix=f"test-{tag}.", heartbeat_interval_s=0.5, worker_lost_after_s=3,
+    )
+    try:
+        ensure_broker(settings)
+    except StackError as exc:
+        pytest.fail(f"RabbitMQ is needed for the tests: {exc}")
+    nx = Proc(nx_command(tmp / "repository.db", mongo_port, tmp), env, tmp / "nx.log")
+    wait_for(lambda: repository_answers(settings.effective_mongo_url, 200), 30, "nx-27017", tmp / "nx.log")
+    client: pymongo.MongoClient = pymongo.MongoClient(settings.effective_mongo_url)
+    yield Stack(settings=settings, env=env, tmp=tmp, db=client[settings.mongo_db])
+    client.close()
+    nx.stop()
+
+
+def start_worker(stack: Stack, pool: str = "cpu", **env: str) -> Proc:
+    """Start a real Celery worker process for a pool and wait for its first heartbeat."""
+    log = stack.tmp / f"worker-{pool}-{uuid.uuid4().hex[:6]}.log"
+    before = {w["_id"] for w in stack.db.workers.find({"pool": pool})}
+    proc = Proc([sys.executable, "-m", "runtime.worker"], {**stack.env, "MODELDECK_WORKER_POOL": pool, **env}, log)
+    wait_for(lambda: not proc.alive() or bool({w["_id"] for w in stack.db.workers.find({"pool": pool})} - before),
+             60, f"worker for pool {pool}", log)
+    if not proc.alive():
+        pytest.fail(f"worker for pool {pool} exited:\n{log.read_text()[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def worker(stack: Stack) -> Iterator[Proc]:
+    proc = start_worker(stack, "cpu")
+    yield proc
+    proc.stop()
+
+
+def start_api(stack: Stack, **env: str) -> tuple[Proc, str]:
+    """Serve the API with gunicorn on an ephemeral port, as `modeldeck up` does."""
+    port = free_port()
+    log = stack.tmp / f"api-{port}.log"
+    cmd = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "16",
+           "--worker-class", "gthread", "server.wsgi:app"]
+    proc = Proc(cmd, {**stack.env, **env}, log)
+    url = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        if not proc.alive():
+            pytest.fail(f"API exited:\n{log.read_text()[-3000:]}")
+        try:
+            return requests.get(url + "/healthz", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    wait_for(answers, 60, "API", log)
+    return proc, url
+
+
+@pytest.fixture(scope="session")
+def api_url(stack: Stack, worker: Proc) -> Iterator[str]:
+    proc, url = start_api(stack)
+    wait_for(lambda: requests.get(url + "/readyz", timeout=2).status_code == 200, 30, "API readiness", proc.log)
+    yield url
+    proc.stop()
+
+
+class Client:
+    """A requests session bound to the API's base URL and one credential."""
+
+    def __init__(self, base: str, key: str | None) -> None:
+        self.base = base
+        self.key = key
+        self.session = requests.Session()
+        if key:
+            self.session.headers["Authorization"] = f"Bearer {key}"
+
+    def request(self, method: str, path: str, **kw: Any) -> requests.Response:
+        kw.setdefault("timeout", 60)
+        return self.session.request(method, self.base + path, **kw)
+
+    def get(self, path: str, **kw: Any) -> requests.Response:
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, **kw: Any) -> requests.Response:
+        return self.request("POST", path, **kw)
+
+    def put(self, path: str, **kw: Any) -> requests.Response:
+        return self.request("PUT", path, **kw)
+
+    def delete(self, path: str, **kw: Any) -> requests.Response:
+        return self.request("DELETE", path, **kw)
+
+    def upload(self, name: str, data: bytes, fmt: str = "skops", filename: str = "model.skops",
+               reference: bytes | None = None, **meta: Any) -> requests.Response:
+        metadata = {"name": name, "format": fmt, "pool": "cpu", **meta}
+        files: dict[str, Any] = {"file": (filename, io.BytesIO(data)), "metadata": (None, json.dumps(metadata))}
+        if reference is not None:
+            files["reference"] = ("reference.csv", io.BytesIO(reference))
+        return self.post("/api/v1/models", files=files)
+
+
+@pytest.fixture(scope="session")
+def admin_key(stack: Stack) -> str:
+    """The bootstrap admin key, created the way `modeldeck up` creates it."""
+    _, secret = keys_repo.create_key(stack.db, "test-admin", "admin", None, None, "tests")
+    return secret
+
+
+@pytest.fixture(scope="session")
+def admin(api_url: str, admin_key: str) -> Client:
+    return Client(api_url, admin_key)
+
+
+@pytest.fixture(scope="session")
+def make_client(api_url: str, admin: Client) -> Any:
+    """Mint a key for a role through the API and return a client that uses it."""
+
+    def make(role: str, models: list[str] | None = None) -> Client:
+        resp = admin.post("/api/v1/apikeys", json={"name": f"{role}-{uuid.uuid4().hex[:6]}", "role": role, "models": models})
+        assert resp.status_code == 201, resp.text
+        return Client(api_url, resp.json()["key"])
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def operator(make_client: Any) -> Client:
+    return make_client("operator")
+
+
+@pytest.fixture(scope="session")
+def iris() -> tuple[LogisticRegression, Any]:
+    X, y = load_iris(return_X_y=True)
+    return LogisticRegression(max_iter=500).fit(X, y), X
+
+
+@pytest.fixture(scope="session")
+def iris_skops(iris: tuple[LogisticRegression, Any]) -> bytes:
+    return sio.dumps(iris[0])
+
+
+IRIS_SCHEMA = [{"name": n, "type": "number"} for n in IRIS_FEATURES]
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def repository_counts(db: Any) -> dict[str, int]:
+    """Count what an upload or job could leave behind."""
+    return {c: db[c].count_documents({}) for c in ("models", "versions", "artifacts", "artifact_chunks", "jobs")}
+
+
+@pytest.fixture(scope="session")
+def tight_api(stack: Stack, worker: Proc, admin_key: str) -> Iterator[Client]:
+    """A second API process with small limits, a short predict timeout and pickles enabled."""
+    proc, url = start_api(stack, MODELDECK_ALLOW_PICKLE="true", MODELDECK_MAX_UPLOAD_MB="1",
+                          MODELDECK_MAX_BODY_KB="16", MODELDECK_PREDICT_TIMEOUT_S="2")
+    yield Client(url, admin_key)
+    proc.stop()

@@ -1,0 +1,33 @@
+"""Plain-Python models for pickle tests: importable by the worker, which runs with tests/ on its path."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+
+class SlowModel:
+    """Answers after a delay, to outlast the API's predict timeout."""
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+
+    def predict(self, X: Any) -> Any:
+        time.sleep(self.delay_s)
+        return np.asarray(X)[:, 0]
+
+
+class RaisingModel:
+    """Raises on every prediction."""
+
+    def predict(self, X: Any) -> Any:
+        raise ValueError("feature scaling table is empty")
+
+
+class NaNModel:
+    """Returns NaN, which JSON cannot carry."""
+
+    def predict(self, X: Any) -> Any:
+        return np.full(len(X), np.nan)
