@@ -11,7 +11,8 @@ from werkzeug.exceptions import HTTPException
 
 from server.api import Api, json_response, request_id
 from server.auth import Authenticator
-from server.context import Context, PoolLiveness
+from server.cache import RepoCache
+from server.context import CACHE_TTL_S, Context, PoolLiveness
 from server.core.db import connect, ensure_indexes
 from server.core.errors import ModelDeckError
 from server.core.settings import Settings
@@ -43,10 +44,15 @@ def create_app(settings: Settings, router: Router | None = None) -> Flask:
     ensure_indexes(db)
     if router is None:
         router = Router(settings.broker_url, settings.queue_prefix)
-        router.start()
+    router.start()
+    cache = RepoCache(lambda: router.connected, ttl_s=CACHE_TTL_S)
+    router.on_event(cache.on_event)
+    router.on_connect(cache.clear)
+    if router.connected:
+        cache.clear()
     app.extensions["modeldeck"] = Context(
-        settings=settings, db=db, router=router, auth=Authenticator(db),
-        liveness=PoolLiveness(db, settings.worker_lost_after_s),
+        settings=settings, db=db, router=router, auth=Authenticator(db, cache),
+        liveness=PoolLiveness(db, settings.worker_lost_after_s), cache=cache,
     )
     for api in APIS:
         app.register_blueprint(api.blueprint)

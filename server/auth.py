@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from pymongo.database import Database
 
+from server.cache import RepoCache
 from server.core import keys_repo
 from server.core.clock import now_iso
 from server.core.errors import ForbiddenError, UnauthorizedError
@@ -36,8 +37,9 @@ class Principal:
 class Authenticator:
     """Turn an Authorization header into a Principal, or raise 401."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, cache: RepoCache) -> None:
         self.db = db
+        self.cache = cache
         self._touched: dict[str, float] = {}
         self._lock = threading.Lock()
 
@@ -54,9 +56,10 @@ class Authenticator:
         return self._verify_token(credential)
 
     def _verify_key(self, secret: str) -> Principal:
-        doc = keys_repo.find_key(self.db, secret)
+        key_hash = keys_repo.hash_key(secret)
+        doc = self.cache.get("apikey", key_hash, None, lambda: keys_repo.find_key(self.db, secret))
         # The lookup is by hash; compare again in constant time so timing reveals nothing.
-        if doc is None or not hmac.compare_digest(doc["key_hash"], keys_repo.hash_key(secret)):
+        if doc is None or not hmac.compare_digest(doc["key_hash"], key_hash):
             raise UnauthorizedError("invalid API key")
         now = now_iso()
         if doc.get("revoked_at") is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -9,9 +10,15 @@ from dataclasses import dataclass
 from pymongo.database import Database
 
 from server.auth import Authenticator
+from server.cache import RepoCache
 from server.core import workers_repo
 from server.core.settings import Settings
 from server.router import Router
+
+
+logger = logging.getLogger(__name__)
+
+CACHE_TTL_S = 10.0
 
 
 class PoolLiveness:
@@ -45,3 +52,11 @@ class Context:
     router: Router
     auth: Authenticator
     liveness: PoolLiveness
+    cache: RepoCache
+
+    def changed(self, kind: str, name: str) -> None:
+        """Tell every API process (this one at once) that a key or a model's versions changed."""
+        self.cache.invalidate(kind, name)
+        if not self.router.broadcast({"kind": kind, "name": name}):
+            logger.warning("could not broadcast a change of %s %s; other API processes may serve it for up to %s s",
+                           kind, name, CACHE_TTL_S)

@@ -32,7 +32,7 @@ def resolve(ctx: Context, principal: Principal, name: str, ref: int | str | None
     """Resolve the version a caller asked for, refusing models outside a scoped key."""
     if not principal.may_use_model(name):
         raise ForbiddenError(f"this credential is limited to models {', '.join(principal.models or ())}; it may not use '{name}'")
-    return models_repo.resolve_version(ctx.db, name, ref)
+    return ctx.cache.get("model", name, ref, lambda: models_repo.resolve_version(ctx.db, name, ref))
 
 
 def task_spec(doc: VersionDoc) -> dict[str, Any]:

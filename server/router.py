@@ -61,6 +61,17 @@ class Router:
         self._connected = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._events_exchange = queue_prefix + "events"
+        self._event_handlers: list[Callable[[dict[str, Any]], None]] = []
+        self._connect_handlers: list[Callable[[], None]] = []
+
+    def on_event(self, handler: Callable[[dict[str, Any]], None]) -> None:
+        """Call handler (on the I/O thread) for every broadcast event, this process's own included."""
+        self._event_handlers.append(handler)
+
+    def on_connect(self, handler: Callable[[], None]) -> None:
+        """Call handler each time the connection is (re)established, before calls are accepted."""
+        self._connect_handlers.append(handler)
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self, wait_s: float = 3.0) -> None:
@@ -104,6 +115,12 @@ class Router:
         result = channel.queue_declare(queue="", exclusive=True, auto_delete=True)
         self._reply_queue = result.method.queue
         channel.basic_consume(self._reply_queue, self._on_reply, auto_ack=True)
+        channel.exchange_declare(self._events_exchange, exchange_type="fanout", durable=True)
+        events = channel.queue_declare(queue="", exclusive=True, auto_delete=True).method.queue
+        channel.queue_bind(events, self._events_exchange)
+        channel.basic_consume(events, self._on_event, auto_ack=True)
+        for handler in self._connect_handlers:
+            handler()
         confirm = conn.channel()
         confirm.confirm_delivery()
         self._conn, self._channel, self._confirm_channel = conn, channel, confirm
@@ -144,6 +161,14 @@ class Router:
                 pending.error = UnavailableError(BROKER_DOWN)
                 pending.event.set()
             raise exc
+
+    def _on_event(self, _ch: Any, _method: Any, _props: pika.BasicProperties, body: bytes) -> None:
+        try:
+            event = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return
+        for handler in self._event_handlers:
+            handler(event)
 
     def _on_reply(self, _ch: Any, _method: Any, props: pika.BasicProperties, body: bytes) -> None:
         try:
@@ -241,6 +266,26 @@ class Router:
         self._schedule(publish)
         if not done.wait(timeout_s) or failure:
             raise UnavailableError("the message broker did not accept the job; nothing was queued, retry shortly")
+
+
+    def broadcast(self, event: dict[str, Any], timeout_s: float = 2.0) -> bool:
+        """Publish a change event to every API process; return whether the broker took it."""
+        done = threading.Event()
+        ok: list[bool] = []
+
+        def publish() -> None:
+            try:
+                assert self._channel is not None
+                self._channel.basic_publish(exchange=self._events_exchange, routing_key="", body=orjson.dumps(event))
+                ok.append(True)
+            finally:
+                done.set()
+
+        try:
+            self._schedule(publish)
+        except UnavailableError:
+            return False
+        return done.wait(timeout_s) and bool(ok)
 
 
 def wait_connected(router: Router, timeout_s: float) -> bool:

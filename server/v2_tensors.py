@@ -54,9 +54,24 @@ def _decode_bytes(buf: bytes) -> list[str]:
     values, pos = [], 0
     while pos < len(buf):
         (n,) = struct.unpack_from("<I", buf, pos)
+        if pos + 4 + n > len(buf):
+            raise struct.error(f"element of {n} bytes runs past the end of the tensor")
         values.append(buf[pos + 4 : pos + 4 + n].decode("utf-8"))
         pos += 4 + n
     return values
+
+
+def _decode_binary(name: str, dtype: str, chunk: bytes) -> list[Any]:
+    """Decode one tensor's binary data: little-endian, row major; BYTES elements carry a 4-byte length."""
+    if dtype == "BYTES":
+        try:
+            return _decode_bytes(chunk)
+        except (struct.error, UnicodeDecodeError) as exc:
+            raise InvalidInputError(f"input '{name}': BYTES binary data is not 4-byte lengths each followed by UTF-8 text") from exc
+    np_dtype = np.dtype(DTYPES[dtype]).newbyteorder("<")
+    if len(chunk) % np_dtype.itemsize:
+        raise InvalidInputError(f"input '{name}': {len(chunk)} bytes of binary data is not a whole number of {dtype} elements")
+    return np.frombuffer(chunk, dtype=np_dtype).tolist()
 
 
 def decode_inputs(request: dict[str, Any], binary: bytes) -> dict[str, tuple[list[int], list[Any]]]:
@@ -73,11 +88,13 @@ def decode_inputs(request: dict[str, Any], binary: bytes) -> dict[str, tuple[lis
             raise InvalidInputError(f"input '{name}': shape must be a list of non-negative integers, got {shape!r}")
         size = (t.get("parameters") or {}).get("binary_data_size")
         if size is not None:
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise InvalidInputError(f"input '{name}': binary_data_size must be a non-negative integer, got {size!r}")
             chunk = binary[offset : offset + size]
             if len(chunk) != size:
                 raise InvalidInputError(f"input '{name}': binary_data_size {size} runs past the end of the body")
             offset += size
-            values = _decode_bytes(chunk) if dtype == "BYTES" else np.frombuffer(chunk, dtype=DTYPES[dtype]).tolist()
+            values = _decode_binary(name, dtype, chunk)
         elif "data" in t:
             values = _flatten(t["data"])
         else:
@@ -118,6 +135,9 @@ def tensors_to_rows(tensors: dict[str, tuple[list[int], list[Any]]], schema: lis
     if len(shape) != 2:
         raise InvalidInputError(f"input '{name}': expected shape [rows, features], got {shape}")
     width = shape[1]
+    if names and width != len(names):
+        raise InvalidInputError(f"input '{name}': shape {shape} has {width} values per row; "
+                                f"this model takes {len(names)} ({', '.join(names)})")
     kinds = [f["type"] for f in schema] if schema and len(schema) == width else [None] * width
     return [[_coerce(v, kinds[j]) for j, v in enumerate(values[i * width : (i + 1) * width])] for i in range(shape[0])]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 import pytest
 
@@ -68,8 +69,6 @@ def test_expired_key_is_refused(stack, admin: Client) -> None:  # type: ignore[n
     created = admin.post("/api/v1/apikeys", json={"name": "short", "role": "service", "expires_at": soon}).json()
     client = Client(admin.base, created["key"])
     assert client.get("/api/v1/me").status_code == 200
-    import time
-
     time.sleep(1.2)
     resp = client.get("/api/v1/me")
     assert (resp.status_code, resp.json()["error"]["message"]) == (401, "API key has expired")
@@ -104,3 +103,13 @@ def test_scoped_service_key_reaches_only_its_models(operator: Client, make_clien
     assert refused.json()["error"]["message"] == f"this credential is limited to models {mine}; it may not use '{other}'"
     assert service.get(f"/api/v1/models/{other}").status_code == 404
     assert service.get(f"/api/v1/models/{mine}").status_code == 200
+
+
+def test_revocation_reaches_every_api_process_at_once(admin: Client, tight_api: Client) -> None:
+    created = admin.post("/api/v1/apikeys", json={"name": "two-apis", "role": "service"}).json()
+    on_a, on_b = Client(admin.base, created["key"]), Client(tight_api.base, created["key"])
+    for _ in range(3):  # warm both processes' caches
+        assert on_a.get("/api/v1/me").status_code == 200 and on_b.get("/api/v1/me").status_code == 200
+    assert admin.delete(f"/api/v1/apikeys/{created['id']}").status_code == 200
+    assert on_b.get("/api/v1/me").status_code == 401
+    assert on_a.get("/api/v1/me").status_code == 401

@@ -72,8 +72,8 @@ def list_keys(db: Database) -> list[dict[str, Any]]:
 
 
 def revoke_key(db: Database, key_id: str) -> KeyDoc:
-    """Revoke a key at once; later requests with it are refused by every API process."""
-    doc = db.apikeys.find_one({"_id": key_id}, {"key_hash": 0})
+    """Mark a key revoked and return it (with its hash, so callers can drop cached copies)."""
+    doc = db.apikeys.find_one({"_id": key_id})
     if doc is None:
         raise NotFoundError(f"API key '{key_id}' does not exist", {"id": key_id})
     if doc.get("revoked_at") is None:

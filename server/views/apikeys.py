@@ -57,4 +57,6 @@ def list_keys() -> Response:
 @api.route("/apikeys/<key_id>", "DELETE", "admin", "Revoke an API key at once")
 def revoke_key(key_id: str) -> Response:
     ctx = current_app.extensions["modeldeck"]
-    return json_response(key_view(keys_repo.revoke_key(ctx.db, key_id)))
+    doc = keys_repo.revoke_key(ctx.db, key_id)
+    ctx.changed("apikey", doc["key_hash"])
+    return json_response(key_view(doc))

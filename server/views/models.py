@@ -72,6 +72,7 @@ def upload() -> Response:
     ctx = _ctx()
     doc = upload_model(ctx.db, ctx.settings, g.principal, request.form.get("metadata"),
                        request.files.get("file"), request.files.get("reference"))
+    ctx.changed("model", doc["name"])
     return json_response(version_view(doc), 201)
 
 
@@ -126,10 +127,12 @@ def set_alias(name: str, alias: str, body: AliasBody) -> Response:
             f"alias {alias!r} is not allowed: use a letter then letters, digits, '_' or '-' (at most 50), not 'latest'"
         )
     aliases = models_repo.set_alias(_ctx().db, name, alias, body.version)
+    _ctx().changed("model", name)
     return json_response({"name": name, "alias": alias, "version": body.version, "aliases": aliases})
 
 
 @api.route("/<name>/versions/<int:version>", "DELETE", "admin", "Archive a version no alias points at")
 def archive_version(name: str, version: int) -> Response:
     doc = models_repo.archive_version(_ctx().db, name, version)
+    _ctx().changed("model", name)
     return json_response(version_view(doc))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import orjson
 from flask import Response, current_app, g, request
+from werkzeug.exceptions import HTTPException
 
 from server import predictions
 from server.api import Api, json_response, request_id
@@ -14,6 +16,7 @@ from server.core.errors import InvalidInputError, ModelDeckError, PayloadTooLarg
 from server.views.health import readiness
 from server.v2_tensors import OUTPUT_NAME, SCHEMA_DTYPES, decode_inputs, encode_output, split_body, tensors_to_rows
 
+logger = logging.getLogger(__name__)
 api = Api("v2", "/v2")
 
 INFER_SCHEMA = {"application/json": {"schema": {"type": "object", "required": ["inputs"], "properties": {
@@ -89,6 +92,27 @@ def version_ready(name: str, version: str) -> Response:
     return _ready(name, version)
 
 
+def _binary_output(body: dict[str, Any]) -> bool:
+    """Check the requested outputs; say whether the output goes back as binary tensor data.
+
+    binary_data_output on the request asks for every output in binary; binary_data on a requested output
+    overrides it (binary tensor data extension).
+    """
+    params = body.get("parameters") or {}
+    wanted = body.get("outputs") or []
+    if not isinstance(params, dict) or not isinstance(wanted, list):
+        raise InvalidInputError("inference request: 'parameters' must be an object and 'outputs' a list")
+    as_binary = bool(params.get("binary_data_output"))
+    for out in wanted:
+        if not isinstance(out, dict) or not isinstance(out.get("parameters") or {}, dict):
+            raise InvalidInputError(f"each requested output must be an object with a 'name', got {out!r}"[:300])
+        if out.get("name") != OUTPUT_NAME:
+            raise InvalidInputError(f"unknown output {out.get('name')!r}; this model has one output, '{OUTPUT_NAME}'")
+        if "binary_data" in (out.get("parameters") or {}):
+            as_binary = bool(out["parameters"]["binary_data"])
+    return as_binary
+
+
 def _infer(name: str, version: str | None) -> Response:
     ctx = _ctx()
     limit = ctx.settings.max_body_kb * 1024
@@ -97,12 +121,7 @@ def _infer(name: str, version: str | None) -> Response:
     body, binary = split_body(request.get_data(cache=False), request.headers.get("Inference-Header-Content-Length"))
     doc = predictions.resolve(ctx, g.principal, name, _ref(version))
     rows = tensors_to_rows(decode_inputs(body, binary), doc.get("input_schema"))
-    wanted = body.get("outputs") or []
-    for out in wanted:
-        if out.get("name") != OUTPUT_NAME:
-            raise InvalidInputError(f"unknown output {out.get('name')!r}; this model has one output, '{OUTPUT_NAME}'")
-    as_binary = bool((body.get("parameters") or {}).get("binary_data_output")) or any(
-        (o.get("parameters") or {}).get("binary_data") for o in wanted)
+    as_binary = _binary_output(body)
     result = predictions.predict(ctx, g.principal, name, rows, doc["version"], request_id())
     tensor, data = encode_output(result.predictions, as_binary)
     answer = {"model_name": name, "model_version": str(result.version), "id": body.get("id") or result.request_id,
@@ -127,5 +146,20 @@ def infer_version(name: str, version: str) -> Response:
 
 
 def v2_error(exc: ModelDeckError) -> Response:
-    """Render an error in the protocol's shape: {"error": "message"}."""
-    return json_response({"error": exc.message}, exc.status)
+    """Render an error in the protocol's shape: {"error": "message"}.
+
+    The protocol signals a bad request with 400; rows that fail the input schema (422 elsewhere in the API)
+    are bad requests here too.
+    """
+    return json_response({"error": exc.message}, 400 if exc.status == 422 else exc.status)
+
+
+@api.blueprint.errorhandler(Exception)
+def _v2_exception(exc: Exception) -> Response:
+    """Keep every error from a /v2 view in the protocol's shape, not only ModelDeck's own."""
+    if isinstance(exc, ModelDeckError):
+        return v2_error(exc)
+    if isinstance(exc, HTTPException):
+        return json_response({"error": exc.description or exc.name}, exc.code or 500)
+    logger.exception("request %s failed", request_id())
+    return json_response({"error": f"internal error; quote request id {request_id()} to an operator"}, 500)

@@ -1,0 +1,67 @@
+"""`modeldeck up|status|logs|down` on a fresh MODELDECK_HOME: one stack, started once, stopped by pid."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import psutil
+import requests
+
+from conftest import ROOT, Proc, Stack, free_port
+
+
+def modeldeck(env: dict[str, str], *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "installer.cli", *args], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_up_twice_status_logs_and_down(stack: Stack, worker: Proc, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    home = tmp_path / "home"
+    api_port = free_port()
+    env = {**stack.env, "MODELDECK_HOME": str(home), "MODELDECK_API_PORT": str(api_port),
+           "MODELDECK_EMBEDDED_MONGO_PORT": str(free_port()), "MODELDECK_QUEUE_PREFIX": f"cli{api_port}.",
+           "MODELDECK_API_WORKERS": "1", "MODELDECK_API_THREADS": "4"}
+    try:
+        first = modeldeck(env, "up")
+        assert first.returncode == 0, first.stdout + first.stderr
+        key = (home / "admin.key").read_text().strip()
+        assert key.startswith("mdk_") and key in first.stdout
+        assert f"http://127.0.0.1:{api_port}/api/v1" in first.stdout
+        assert stat.S_IMODE(os.stat(home / "admin.key").st_mode) == 0o600
+        pids = {name: json.loads((home / "run" / f"{name}.json").read_text())["pid"]
+                for name in ("repository", "worker-cpu", "api")}
+        assert all(psutil.pid_exists(p) for p in pids.values())
+
+        me = requests.get(f"http://127.0.0.1:{api_port}/api/v1/me", headers={"Authorization": f"Bearer {key}"}, timeout=5)
+        assert me.json()["role"] == "admin"
+
+        # A second `up` finds the running stack: same processes, same key, nothing new started.
+        second = modeldeck(env, "up")
+        assert second.returncode == 0, second.stderr
+        assert key in second.stdout
+        again = {name: json.loads((home / "run" / f"{name}.json").read_text())["pid"] for name in pids}
+        assert again == pids
+
+        status = modeldeck(env, "status")
+        assert status.returncode == 0 and "readiness    ready" in status.stdout
+        logs = modeldeck(env, "logs", "worker-cpu", "-n", "5")
+        assert logs.returncode == 0 and "worker-cpu.log" in logs.stdout
+    finally:
+        down = modeldeck(env, "down")
+    assert down.returncode == 0
+    assert "api" in down.stdout and "worker-cpu" in down.stdout and "repository" in down.stdout
+    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids.values())
+    # Nothing else was stopped: the test session's own worker still runs.
+    assert worker.alive()
+    after = modeldeck(env, "status")
+    assert after.returncode == 3 and "api          stopped" in after.stdout
+
+
+def test_up_says_what_is_wrong_with_a_bad_setting(stack: Stack, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    result = modeldeck({**stack.env, "MODELDECK_HOME": str(tmp_path), "MODELDECK_API_PORT": "eighty"}, "up")
+    assert result.returncode == 2
+    assert "MODELDECK_API_PORT: Input should be a valid integer" in result.stderr
