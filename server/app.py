@@ -85,6 +85,8 @@ def _register_handlers(app: Flask) -> None:
     def _http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
         message = exc.description or exc.name
+        if request.path.startswith("/v2"):
+            return json_response({"error": message}, status)
         if status == 413:
             limit = app.config["MAX_CONTENT_LENGTH"] - 1024 * 1024
             message = f"request body is over the upload limit of {limit} bytes (MODELDECK_MAX_UPLOAD_MB)"
