@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -44,10 +45,28 @@ def _to_list(output: Any) -> list[Any]:
     return values
 
 
+_thread = threading.local()
+
+
+def _fast_sklearn_config() -> None:
+    # The API has already checked every value is a finite number (or a string of the declared type),
+    # so scikit-learn's finiteness and parameter checks only cost time. Its config is per thread.
+    if not getattr(_thread, "configured", False):
+        import sklearn
+
+        sklearn.set_config(assume_finite=True, skip_parameter_validation=True)
+        _thread.configured = True
+
+
 def _sklearn_runner(model: Any) -> Callable[[list[list[Any]]], list[Any]]:
     if not hasattr(model, "predict"):
         raise ModelLoadError(f"the loaded object ({type(model).__name__}) has no predict method")
-    return lambda rows: _to_list(model.predict(_to_array(rows)))
+
+    def run(rows: list[list[Any]]) -> list[Any]:
+        _fast_sklearn_config()
+        return _to_list(model.predict(_to_array(rows)))
+
+    return run
 
 
 def _onnx_runner(data: bytes) -> Callable[[list[list[Any]]], list[Any]]:
