@@ -13,7 +13,7 @@ from flask import Blueprint, Response, current_app, g, request
 from pydantic import BaseModel, ValidationError
 
 from server.auth import ANYONE, require_role
-from server.core.errors import InvalidInputError, PayloadTooLargeError
+from server.core.errors import InvalidInputError, PayloadTooLargeError, UnauthorizedError
 
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -67,7 +67,13 @@ class Api:
             def view(**kwargs: Any) -> Response:
                 if role != ANYONE:
                     ctx = current_app.extensions["modeldeck"]
-                    g.principal = ctx.auth.authenticate(request.headers.get("Authorization"))
+                    address = request.remote_addr or "unknown"
+                    ctx.limiter.check(address)
+                    try:
+                        g.principal = ctx.auth.authenticate(request.headers.get("Authorization"))
+                    except UnauthorizedError:
+                        ctx.limiter.fail(address)
+                        raise
                     require_role(g.principal, role)
                 if body is not None:
                     kwargs["body"] = parse_body(body)

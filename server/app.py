@@ -8,21 +8,25 @@ from importlib.metadata import PackageNotFoundError, version
 from flask import Flask, Response, g, request
 from flask_swagger_ui import get_swaggerui_blueprint
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 
+from server import audit
 from server.api import Api, json_response, request_id
 from server.auth import Authenticator
+from server.keycloak import TokenVerifier
 from server.cache import RepoCache
 from server.context import CACHE_TTL_S, Context, PoolLiveness
 from server.core.db import connect, ensure_indexes
 from server.core.errors import ModelDeckError
 from server.core.settings import Settings
 from server.openapi import build_openapi
+from server.ratelimit import FailureLimiter
 from server.router import Router
-from server.views import apikeys, docs, health, jobs, models, predict, v2
+from server.views import apikeys, audit_log, docs, health, jobs, models, predict, v2
 
 logger = logging.getLogger(__name__)
 
-APIS: list[Api] = [health.api, docs.api, apikeys.api, models.api, predict.api, jobs.api, v2.api]
+APIS: list[Api] = [health.api, docs.api, apikeys.api, models.api, predict.api, jobs.api, audit_log.api, v2.api]
 _HTTP_CODES = {400: "invalid_input", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 
@@ -51,9 +55,13 @@ def create_app(settings: Settings, router: Router | None = None) -> Flask:
     if router.connected:
         cache.clear()
     app.extensions["modeldeck"] = Context(
-        settings=settings, db=db, router=router, auth=Authenticator(db, cache),
+        settings=settings, db=db, router=router, auth=Authenticator(db, cache, TokenVerifier(settings) if settings.keycloak_enabled else None),
         liveness=PoolLiveness(db, settings.worker_lost_after_s), cache=cache,
+        limiter=FailureLimiter(settings.auth_failure_limit, settings.auth_failure_window_s),
     )
+    if settings.trusted_proxies:
+        # Behind N reverse proxies, the client address is the N-th from the right in X-Forwarded-For.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies, x_proto=settings.trusted_proxies)  # type: ignore[method-assign]
     for api in APIS:
         app.register_blueprint(api.blueprint)
     app.extensions["modeldeck_openapi"] = build_openapi([op for api in APIS for op in api.operations], _version())
@@ -67,16 +75,41 @@ def _register_handlers(app: Flask) -> None:
     def _assign_request_id() -> None:
         request_id()
 
+    cors = set(app.extensions["modeldeck"].settings.cors_origins)
+
     @app.after_request
     def _headers(resp: Response) -> Response:
         resp.headers["X-Request-ID"] = g.get("request_id", "")
         resp.headers["X-Content-Type-Options"] = "nosniff"
+        resp.headers["X-Frame-Options"] = "DENY"
+        resp.headers["Referrer-Policy"] = "no-referrer"
+        resp.headers["Cache-Control"] = "no-store"
+        if not request.path.startswith("/api/docs"):
+            # JSON needs no scripts, styles or frames; Swagger UI (under /api/docs) does.
+            resp.headers["Content-Security-Policy"] = "default-src 'none'; frame-ancestors 'none'"
+        origin = request.headers.get("Origin")
+        # CORS is closed unless an origin is listed in MODELDECK_CORS_ORIGINS.
+        if origin and origin in cors:
+            resp.headers["Access-Control-Allow-Origin"] = origin
+            resp.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, X-Request-ID"
+            resp.headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, DELETE"
+            resp.headers["Vary"] = "Origin"
         return resp
 
     @app.errorhandler(ModelDeckError)
     def _modeldeck_error(exc: ModelDeckError) -> Response:
+        if exc.status in (401, 403, 429):
+            audit.record_denied(exc.status, exc.message, actor=exc.details.get("subject"))
         if request.path.startswith("/v2"):
-            return v2.v2_error(exc)
+            resp = v2.v2_error(exc)
+            if exc.status == 429:
+                resp.headers["Retry-After"] = str(exc.details.get("retry_after_s", 60))
+            return resp
+        if exc.status == 429:
+            resp = json_response({"error": {"code": exc.code, "message": exc.message, "details": exc.details,
+                                            "request_id": g.get("request_id")}}, 429)
+            resp.headers["Retry-After"] = str(exc.details.get("retry_after_s", 60))
+            return resp
         body = exc.to_body()
         body["error"]["request_id"] = g.get("request_id")
         return json_response(body, exc.status)

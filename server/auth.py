@@ -14,6 +14,7 @@ from server.core import keys_repo
 from server.core.clock import now_iso
 from server.core.errors import ForbiddenError, UnauthorizedError
 from server.core.keys_repo import ROLES, role_rank
+from server.keycloak import TokenVerifier
 
 ANYONE = "anyone"
 # last_used_at is written at most this often per key, so the hot path does not write on every call.
@@ -37,9 +38,10 @@ class Principal:
 class Authenticator:
     """Turn an Authorization header into a Principal, or raise 401."""
 
-    def __init__(self, db: Database, cache: RepoCache) -> None:
+    def __init__(self, db: Database, cache: RepoCache, verifier: TokenVerifier | None = None) -> None:
         self.db = db
         self.cache = cache
+        self.verifier = verifier
         self._touched: dict[str, float] = {}
         self._lock = threading.Lock()
 
@@ -79,8 +81,19 @@ class Authenticator:
         )
 
     def _verify_token(self, token: str) -> Principal:
-        # Keycloak access tokens are verified here once a realm is configured (access-control issue).
-        raise UnauthorizedError("invalid credential: not an API key, and Keycloak sign-in is not configured on this server")
+        if self.verifier is None:
+            raise UnauthorizedError("invalid credential: not an API key, and Keycloak sign-in is not configured on this server")
+        claims = self.verifier.verify(token)
+        name = claims.get("preferred_username") or claims.get("sub") or "unknown"
+        # The role check may refuse the caller (403); the audit entry should still say who it was.
+        principal_stub = Principal(subject=f"keycloak:{name}", role="service", method="keycloak")
+        try:
+            role = self.verifier.role(claims)
+        except ForbiddenError as exc:
+            exc.details["subject"] = principal_stub.subject
+            raise
+        return Principal(subject=principal_stub.subject, role=role, method="keycloak",
+                         roles=tuple(self.verifier.roles(claims)))
 
     def _touch(self, key_id: str) -> None:
         now = time.monotonic()

@@ -11,6 +11,7 @@ from pymongo.database import Database
 
 from server.auth import Authenticator
 from server.cache import RepoCache
+from server.ratelimit import FailureLimiter
 from server.core import workers_repo
 from server.core.settings import Settings
 from server.router import Router
@@ -53,6 +54,7 @@ class Context:
     auth: Authenticator
     liveness: PoolLiveness
     cache: RepoCache
+    limiter: FailureLimiter
 
     def changed(self, kind: str, name: str) -> None:
         """Tell every API process (this one at once) that a key or a model's versions changed."""

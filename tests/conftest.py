@@ -99,6 +99,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "MODELDECK_QUEUE_PREFIX": f"test-{tag}.",
         "MODELDECK_HEARTBEAT_INTERVAL_S": "0.5",
         "MODELDECK_WORKER_LOST_AFTER_S": "3",
+        # The suite fails authentication on purpose many times from 127.0.0.1; test_security tests the limit.
+        "MODELDECK_AUTH_FAILURE_LIMIT": "100000",
         "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}",
         "PYTHONUNBUFFERED": "1",
     }

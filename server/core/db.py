@@ -7,6 +7,7 @@ import logging
 from pymongo import ASCENDING, DESCENDING, MongoClient
 from pymongo.database import Database
 
+from server.core.audit_repo import ensure_audit_indexes
 from server.core.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -25,8 +26,10 @@ def connect(settings: Settings, timeout_ms: int = 5000) -> Database:
 
 def ensure_indexes(db: Database) -> None:
     """Create the indexes; safe to call at every start-up."""
-    db.versions.create_index([("name", ASCENDING), ("version", DESCENDING)])
-    db.apikeys.create_index([("key_hash", ASCENDING)], unique=True)
-    db.jobs.create_index([("created_at", DESCENDING)])
-    db.workers.create_index([("pool", ASCENDING)])
-    db.artifact_chunks.create_index([("sha256", ASCENDING), ("n", ASCENDING)])
+    # Explicit names: nx-27017 accepts only [A-Za-z_][A-Za-z0-9_]*, and default names contain "-1".
+    db.versions.create_index([("name", ASCENDING), ("version", DESCENDING)], name="versions_by_name")
+    db.apikeys.create_index([("key_hash", ASCENDING)], unique=True, name="apikeys_by_hash")
+    db.jobs.create_index([("created_at", DESCENDING)], name="jobs_by_created")
+    db.workers.create_index([("pool", ASCENDING)], name="workers_by_pool")
+    db.artifact_chunks.create_index([("sha256", ASCENDING), ("n", ASCENDING)], name="chunks_by_artifact")
+    ensure_audit_indexes(db)

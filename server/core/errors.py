@@ -49,6 +49,10 @@ class PayloadTooLargeError(ModelDeckError):
     code, status = "payload_too_large", 413
 
 
+class TooManyRequestsError(ModelDeckError):
+    code, status = "too_many_requests", 429
+
+
 class UnavailableError(ModelDeckError):
     code, status = "unavailable", 503
 

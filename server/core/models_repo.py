@@ -119,13 +119,14 @@ def resolve_version(db: Database, name: str, ref: int | str | None) -> VersionDo
     return doc
 
 
-def set_alias(db: Database, name: str, alias: str, version: int) -> dict[str, int]:
-    """Point an alias at a live version and return the model's aliases."""
+def set_alias(db: Database, name: str, alias: str, version: int) -> tuple[int | None, dict[str, int]]:
+    """Point an alias at a live version; return the version it pointed at before and the model's aliases."""
     doc = get_version(db, name, version)
     if doc.get("archived"):
         raise ConflictError(f"model '{name}' version {version} is archived; an alias cannot point at it")
+    before = (db.models.find_one({"_id": name}, {"aliases": 1}) or {}).get("aliases", {}).get(alias)
     db.models.update_one({"_id": name}, {"$set": {f"aliases.{alias}": version}})
-    return get_model(db, name).get("aliases", {})
+    return before, get_model(db, name).get("aliases", {})
 
 
 def archive_version(db: Database, name: str, version: int) -> VersionDoc:

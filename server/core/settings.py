@@ -5,10 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
+# Keycloak realm roles (or "<client>/<role>" client roles) and the ModelDeck role each grants.
+DEFAULT_ROLE_MAP = {
+    "modeldeck-admin": "admin",
+    "modeldeck-operator": "operator",
+    "modeldeck-analyst": "analyst",
+    "modeldeck-service": "service",
+}
 
 
 class SettingsError(Exception):
@@ -42,6 +49,30 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = Field(default=2.0, gt=0)
     worker_lost_after_s: float = Field(default=10.0, gt=0)
     job_result_ttl_s: int = Field(default=86400, ge=60)
+    keycloak_url: str = ""
+    keycloak_realm: str = "modeldeck"
+    keycloak_client_id: str = "modeldeck-api"
+    keycloak_audience: str = "modeldeck-api"
+    keycloak_leeway_s: int = Field(default=30, ge=0, le=300)
+    keycloak_role_map: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_ROLE_MAP))
+    audit_prediction_sample_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    auth_failure_limit: int = Field(default=20, ge=1)
+    auth_failure_window_s: float = Field(default=60.0, gt=0)
+    cors_origins: tuple[str, ...] = ()
+    trusted_proxies: int = Field(default=0, ge=0, le=5)
+
+    @field_validator("keycloak_role_map")
+    @classmethod
+    def _known_roles(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = {k: v for k, v in value.items() if v not in ("admin", "operator", "analyst", "service")}
+        if bad:
+            raise ValueError(f"roles must map to admin, operator, analyst or service; got {bad}")
+        return value
+
+    @property
+    def keycloak_enabled(self) -> bool:
+        """Tell whether Keycloak tokens are accepted."""
+        return bool(self.keycloak_url)
 
     @property
     def embedded_mongo(self) -> bool:

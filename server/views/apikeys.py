@@ -8,6 +8,7 @@ from typing import Any, Literal
 from flask import Response, current_app, g
 from pydantic import AwareDatetime, BaseModel, Field
 
+from server import audit
 from server.api import Api, json_response
 from server.core import keys_repo
 from server.core.clock import to_iso
@@ -45,6 +46,8 @@ def create_key(body: KeyBody) -> Response:
     ctx = current_app.extensions["modeldeck"]
     expires = to_iso(body.expires_at) if body.expires_at else None
     doc, secret = keys_repo.create_key(ctx.db, body.name, body.role, body.models, expires, g.principal.subject)
+    audit.record("apikey.create", doc["_id"], status=201, details={
+        "name": body.name, "role": body.role, "models": body.models, "expires_at": expires})
     return json_response(key_view(doc) | {"key": secret}, 201)
 
 
@@ -59,4 +62,5 @@ def revoke_key(key_id: str) -> Response:
     ctx = current_app.extensions["modeldeck"]
     doc = keys_repo.revoke_key(ctx.db, key_id)
     ctx.changed("apikey", doc["key_hash"])
+    audit.record("apikey.revoke", key_id, details={"name": doc["name"]})
     return json_response(key_view(doc))

@@ -7,7 +7,7 @@ from typing import Any
 from flask import Response, current_app, g
 from pydantic import BaseModel, Field
 
-from server import predictions
+from server import audit, predictions
 from server.api import Api, json_response
 from server.core import jobs_repo
 
@@ -31,6 +31,7 @@ def job_location(job_id: str) -> str:
 def create_job(body: JobBody) -> Response:
     ctx = current_app.extensions["modeldeck"]
     job = predictions.submit_job(ctx, g.principal, body.model, body.inputs, body.version)
+    audit.record("job.create", job["_id"], status=202, details={"model": body.model, "version": job["params"]["version"]})
     resp = json_response({"job_id": job["_id"], "status": job["status"], "url": job_location(job["_id"])}, 202)
     resp.headers["Location"] = job_location(job["_id"])
     return resp

@@ -8,6 +8,7 @@ from typing import Any
 from flask import Response, current_app, g, request, stream_with_context
 from pydantic import BaseModel, Field
 
+from server import audit
 from server.api import Api, json_response
 from server.core import models_repo
 from server.core.artifacts import iter_artifact
@@ -73,6 +74,9 @@ def upload() -> Response:
     doc = upload_model(ctx.db, ctx.settings, g.principal, request.form.get("metadata"),
                        request.files.get("file"), request.files.get("reference"))
     ctx.changed("model", doc["name"])
+    audit.record("model.upload", f"{doc['name']}:{doc['version']}", status=201, details={
+        "format": doc["format"], "pool": doc["pool"], "sha256": doc["sha256"], "size": doc["size"],
+        "pickle": doc["format"] in ("pickle", "joblib")})
     return json_response(version_view(doc), 201)
 
 
@@ -126,8 +130,9 @@ def set_alias(name: str, alias: str, body: AliasBody) -> Response:
         raise InvalidInputError(
             f"alias {alias!r} is not allowed: use a letter then letters, digits, '_' or '-' (at most 50), not 'latest'"
         )
-    aliases = models_repo.set_alias(_ctx().db, name, alias, body.version)
+    old, aliases = models_repo.set_alias(_ctx().db, name, alias, body.version)
     _ctx().changed("model", name)
+    audit.record("model.alias", name, details={"alias": alias, "old_version": old, "new_version": body.version})
     return json_response({"name": name, "alias": alias, "version": body.version, "aliases": aliases})
 
 
@@ -135,4 +140,5 @@ def set_alias(name: str, alias: str, body: AliasBody) -> Response:
 def archive_version(name: str, version: int) -> Response:
     doc = models_repo.archive_version(_ctx().db, name, version)
     _ctx().changed("model", name)
+    audit.record("model.archive", f"{name}:{version}")
     return json_response(version_view(doc))

@@ -7,7 +7,7 @@ from typing import Any
 from flask import Response, current_app, g, request
 from pydantic import BaseModel, Field
 
-from server import predictions
+from server import audit, predictions
 from server.api import Api, json_response, request_id
 from server.core.errors import InvalidInputError
 from server.views.jobs import job_location
@@ -33,10 +33,12 @@ def predict(name: str, body: PredictBody) -> Response:
         raise InvalidInputError(f"query parameter 'async': expected true or false, got {flag!r}")
     if flag in ("true", "1"):
         job = predictions.submit_job(ctx, g.principal, name, body.inputs, body.version)
+        audit.record("job.create", job["_id"], status=202, details={"model": name, "version": job["params"]["version"]})
         resp = json_response({"job_id": job["_id"], "status": job["status"], "url": job_location(job["_id"])}, 202)
         resp.headers["Location"] = job_location(job["_id"])
         return resp
     result = predictions.predict(ctx, g.principal, name, body.inputs, body.version, request_id())
+    audit.maybe_record_prediction(name, result.version, len(result.predictions))
     return json_response({
         "predictions": result.predictions, "model": result.model, "version": result.version,
         "request_id": result.request_id, "timings": result.timings,
