@@ -99,6 +99,14 @@ class TokenVerifier:
             raise UnauthorizedError("invalid token: bad signature") from exc
         except (JWException, ValueError, TypeError) as exc:
             raise UnauthorizedError("invalid token: malformed") from exc
+        # jwcrypto checks nbf only when told to, and then requires it; Keycloak omits it. Check it when present.
+        now = time.time()
+        if isinstance(claims.get("nbf"), (int, float)) and claims["nbf"] > now + self.leeway:
+            raise UnauthorizedError("invalid token: not valid yet")
+        if isinstance(claims.get("iat"), (int, float)) and claims["iat"] > now + self.leeway:
+            raise UnauthorizedError("invalid token: issued in the future")
+        if claims.get("typ", "Bearer") != "Bearer":
+            raise UnauthorizedError("invalid token: not an access token")
         return claims
 
     def roles(self, claims: dict[str, Any]) -> list[str]:

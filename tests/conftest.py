@@ -262,3 +262,112 @@ def tight_api(stack: Stack, worker: Proc, admin_key: str) -> Iterator[Client]:
                           MODELDECK_MAX_BODY_KB="16", MODELDECK_PREDICT_TIMEOUT_S="2")
     yield Client(url, admin_key)
     proc.stop()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# A real OIDC server (tests/oidc_server.py: keycloak-mockup wrapped to act like Keycloak for the ModelDeck realm)
+# --------------------------------------------------------------------------------------------------------------
+
+REALM_FILE = ROOT / "compose" / "keycloak" / "modeldeck-realm.json"
+# What Keycloak gives every user through the realm's default roles; tokens then carry aud ["modeldeck-api", "account"].
+_KC_DEFAULT_REALM_ROLES = ["default-roles-modeldeck", "offline_access", "uma_authorization"]
+_KC_DEFAULT_CLIENT_ROLES = {"account": ["manage-account", "manage-account-links", "view-profile"]}
+OIDC_USER_ROLES = {
+    "alice": ["modeldeck-admin"],
+    "olga": ["modeldeck-operator"],
+    "anna": ["modeldeck-analyst"],
+    "sam": ["modeldeck-service"],
+    "nora": [],  # only Keycloak's default roles: none that ModelDeck maps
+}
+
+
+@dataclass
+class Oidc:
+    """Handle on the session's OIDC server; tokens come from its real endpoints, signed with its published key."""
+
+    url: str  # base URL, e.g. http://127.0.0.1:PORT (what the API's keycloak_url should be)
+    realm: str
+    issuer: str  # url + "/realms/modeldeck"
+    passwords: dict[str, str]  # username -> password
+    client_secrets: dict[str, str]  # client id -> secret (confidential clients)
+    proc: Proc
+
+    @property
+    def token_url(self) -> str:
+        return f"{self.issuer}/protocol/openid-connect/token"
+
+    def password_token(self, username: str, client_id: str = "modeldeck-console") -> str:
+        """An access token from the password grant (allowed for modeldeck-console in the test server only)."""
+        data = {"grant_type": "password", "client_id": client_id, "username": username,
+                "password": self.passwords[username]}
+        if client_id in self.client_secrets:
+            data["client_secret"] = self.client_secrets[client_id]
+        resp = requests.post(self.token_url, data=data, timeout=10)
+        assert resp.status_code == 200, resp.text
+        return str(resp.json()["access_token"])
+
+    def client_token(self) -> str:
+        """An access token for modeldeck-integration's service account (client-credentials grant)."""
+        resp = requests.post(self.token_url, data={"grant_type": "client_credentials"}, timeout=10,
+                             auth=("modeldeck-integration", self.client_secrets["modeldeck-integration"]))
+        assert resp.status_code == 200, resp.text
+        return str(resp.json()["access_token"])
+
+    def mint(self, username: str | None, *, client: str = "modeldeck-console", roles: list[str] | None = None,
+             drop: tuple[str, ...] | list[str] = (), **overrides: Any) -> str:
+        """A genuine token (the server's current key) with claims changed: mint("alice", exp=time.time() - 600).
+
+        username None mints for the client's service account; roles replaces realm_access.roles; drop removes
+        claims; every other keyword is a claim (use **{"allowed-origins": ...} for names that are not identifiers).
+        Float exp / nbf / iat are rounded down, as JWT wants integer times.
+        """
+        claims = {k: int(v) if k in ("exp", "nbf", "iat") and isinstance(v, float) else v
+                  for k, v in overrides.items()}
+        resp = requests.post(self.url + "/_test/token", timeout=10, json={
+            "username": username, "client_id": client, "roles": roles, "overrides": claims, "remove": list(drop)})
+        assert resp.status_code == 200, resp.text
+        return str(resp.json()["access_token"])
+
+    def rotate_key(self, keep_old: bool = True) -> str:
+        """Switch to a new signing key with a new kid (certs lists it first, and the old one if keep_old); return the kid."""
+        resp = requests.post(self.url + "/_test/rotate-key", json={"keep_old": keep_old}, timeout=30)
+        assert resp.status_code == 200, resp.text
+        return str(resp.json()["kid"])
+
+    def certs(self) -> dict[str, Any]:
+        return dict(requests.get(f"{self.issuer}/protocol/openid-connect/certs", timeout=10).json())
+
+
+@pytest.fixture(scope="session")
+def oidc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Oidc]:
+    """Serve the ModelDeck realm from compose/keycloak/modeldeck-realm.json on an ephemeral port."""
+    tmp = tmp_path_factory.mktemp("oidc")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    placeholders = {"MODELDECK_API_CLIENT_SECRET": uuid.uuid4().hex,
+                    "MODELDECK_INTEGRATION_CLIENT_SECRET": uuid.uuid4().hex}
+    passwords = {name: f"{name}-{uuid.uuid4().hex[:12]}" for name in OIDC_USER_ROLES}
+    users = [{"username": name, "password": passwords[name], "realm_roles": roles + _KC_DEFAULT_REALM_ROLES,
+              # sam has no account-client roles, so its tokens carry aud as the single string "modeldeck-api"
+              "client_roles": {} if name == "sam" else _KC_DEFAULT_CLIENT_ROLES}
+             for name, roles in OIDC_USER_ROLES.items()]
+    cmd = [sys.executable, str(ROOT / "tests" / "oidc_server.py"), "--realm-file", str(REALM_FILE),
+           "--port", str(port), "--base-url", url, "--secrets-json", json.dumps(placeholders),
+           "--users-json", json.dumps(users), "--direct-grant", "modeldeck-console"]
+    log = tmp / "oidc.log"
+    proc = Proc(cmd, {**os.environ, "PYTHONUNBUFFERED": "1"}, log)
+
+    def answers() -> bool:
+        if not proc.alive():
+            pytest.fail(f"OIDC server exited:\n{log.read_text()[-3000:]}")
+        try:
+            return requests.get(f"{url}/realms/modeldeck/.well-known/openid-configuration", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    wait_for(answers, 30, "OIDC server", log)
+    yield Oidc(url=url, realm="modeldeck", issuer=f"{url}/realms/modeldeck", passwords=passwords,
+               client_secrets={"modeldeck-api": placeholders["MODELDECK_API_CLIENT_SECRET"],
+                               "modeldeck-integration": placeholders["MODELDECK_INTEGRATION_CLIENT_SECRET"]},
+               proc=proc)
+    proc.stop()

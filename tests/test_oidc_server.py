@@ -1,0 +1,139 @@
+"""The test OIDC server itself, seen through python-keycloak as the API sees Keycloak."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import jwt as pyjwt
+import pytest
+from jwcrypto import jwt as jwc
+from keycloak import KeycloakOpenID
+from keycloak.exceptions import KeycloakAuthenticationError, KeycloakPostError
+
+from conftest import Oidc
+
+
+def kc(oidc: Oidc, client_id: str = "modeldeck-console", secret: str | None = None) -> KeycloakOpenID:
+    return KeycloakOpenID(server_url=oidc.url, realm_name="modeldeck", client_id=client_id, client_secret_key=secret)
+
+
+def checks(oidc: Oidc) -> dict[str, object]:
+    return {"iss": oidc.issuer, "aud": "modeldeck-api", "exp": None}
+
+
+def error_of(exc: pytest.ExceptionInfo) -> str:
+    return str(json.loads(exc.value.response_body)["error"])
+
+
+def test_discovery_and_certs(oidc: Oidc) -> None:
+    known = kc(oidc).well_known()
+    assert known["issuer"] == oidc.issuer == f"{oidc.url}/realms/modeldeck"
+    assert known["jwks_uri"] == f"{oidc.issuer}/protocol/openid-connect/certs"
+    assert {"password", "client_credentials"} <= set(known["grant_types_supported"])
+    keys = kc(oidc).certs()["keys"]
+    assert keys and all(k["kty"] == "RSA" and k["alg"] == "RS256" and k["use"] == "sig" and k["kid"] for k in keys)
+
+
+def test_password_grant_token_validates_against_published_certs(oidc: Oidc) -> None:
+    tokens = kc(oidc).token("alice", oidc.passwords["alice"])
+    access = tokens["access_token"]
+    header = pyjwt.get_unverified_header(access)
+    assert header["alg"] == "RS256" and header["kid"] in {k["kid"] for k in oidc.certs()["keys"]}
+    claims = kc(oidc).decode_token(access, check_claims=checks(oidc))
+    assert claims["iss"] == oidc.issuer
+    assert claims["aud"] == ["modeldeck-api", "account"]
+    assert claims["azp"] == "modeldeck-console" and claims["typ"] == "Bearer"
+    assert claims["preferred_username"] == "alice" and claims["sub"]
+    assert "modeldeck-admin" in claims["realm_access"]["roles"]
+    assert "view-profile" in claims["resource_access"]["account"]["roles"]
+    assert claims["iat"] <= time.time() < claims["exp"] and "nbf" not in claims
+    # The ID token is for the console, not the API: a verifier checking aud must refuse it.
+    id_claims = kc(oidc).decode_token(tokens["id_token"])
+    assert id_claims["aud"] == "modeldeck-console" and id_claims["typ"] == "ID"
+    with pytest.raises(jwc.JWTInvalidClaimValue):
+        kc(oidc).decode_token(tokens["id_token"], check_claims=checks(oidc))
+    # The fixture's shortcut goes through the same endpoint.
+    assert kc(oidc).decode_token(oidc.password_token("olga"))["realm_access"]["roles"][0] == "modeldeck-operator"
+
+
+def test_nora_has_no_modeldeck_role_and_sam_a_single_audience(oidc: Oidc) -> None:
+    nora = kc(oidc).decode_token(oidc.password_token("nora"), check_claims=checks(oidc))
+    assert not [r for r in nora["realm_access"]["roles"] if r.startswith("modeldeck-")]
+    assert "offline_access" in nora["realm_access"]["roles"]
+    sam = kc(oidc).decode_token(oidc.password_token("sam"), check_claims=checks(oidc))
+    assert sam["aud"] == "modeldeck-api" and "resource_access" not in sam
+
+
+def test_wrong_password_is_invalid_grant(oidc: Oidc) -> None:
+    with pytest.raises(KeycloakAuthenticationError) as exc:
+        kc(oidc).token("alice", "not-her-password")
+    assert exc.value.response_code == 401 and error_of(exc) == "invalid_grant"
+
+
+def test_wrong_client_secret_is_unauthorized_client(oidc: Oidc) -> None:
+    with pytest.raises(KeycloakAuthenticationError) as exc:
+        kc(oidc, "modeldeck-integration", "wrong-secret").token("alice", oidc.passwords["alice"])
+    assert exc.value.response_code == 401 and error_of(exc) == "unauthorized_client"
+    with pytest.raises(KeycloakAuthenticationError) as exc:
+        kc(oidc, "modeldeck-integration", "wrong-secret").token(grant_type="client_credentials")
+    assert exc.value.response_code == 401 and error_of(exc) == "unauthorized_client"
+
+
+def test_realm_flags_are_honoured(oidc: Oidc) -> None:
+    # The realm enables no direct grant for the integration client, and no service account for the API client.
+    secret = oidc.client_secrets["modeldeck-integration"]
+    with pytest.raises(KeycloakPostError) as exc:
+        kc(oidc, "modeldeck-integration", secret).token("alice", oidc.passwords["alice"])
+    assert exc.value.response_code == 400 and error_of(exc) == "unauthorized_client"
+    with pytest.raises(KeycloakAuthenticationError) as exc:
+        kc(oidc, "modeldeck-api", oidc.client_secrets["modeldeck-api"]).token(grant_type="client_credentials")
+    assert error_of(exc) == "unauthorized_client"
+
+
+def test_client_credentials_for_the_integration_client(oidc: Oidc) -> None:
+    tokens = kc(oidc, "modeldeck-integration", oidc.client_secrets["modeldeck-integration"]).token(
+        grant_type="client_credentials")
+    assert "refresh_token" not in tokens
+    claims = kc(oidc).decode_token(tokens["access_token"], check_claims=checks(oidc))
+    assert claims["azp"] == claims["client_id"] == "modeldeck-integration"
+    assert claims["preferred_username"] == "service-account-modeldeck-integration"
+    assert claims["realm_access"]["roles"] == ["modeldeck-service"] and claims["aud"] == "modeldeck-api"
+    assert kc(oidc).decode_token(oidc.client_token(), check_claims=checks(oidc))["azp"] == "modeldeck-integration"
+
+
+def test_minted_tokens_are_genuine_but_fail_the_claim_checks(oidc: Oidc) -> None:
+    now = time.time()
+    expired = oidc.mint("anna", exp=now - 600, iat=now - 900)
+    assert kc(oidc).decode_token(expired, validate=False)["exp"] == int(now - 600)
+    with pytest.raises(jwc.JWTExpired):
+        kc(oidc).decode_token(expired, check_claims=checks(oidc))
+    with pytest.raises(jwc.JWTNotYetValid):  # jwcrypto checks nbf only when check_claims is not given (or names it)
+        kc(oidc).decode_token(oidc.mint("anna", nbf=now + 600))
+    with pytest.raises(jwc.JWTInvalidClaimValue):
+        kc(oidc).decode_token(oidc.mint("anna", iss="http://evil.example/realms/modeldeck"), check_claims=checks(oidc))
+    with pytest.raises(jwc.JWTInvalidClaimValue):
+        kc(oidc).decode_token(oidc.mint("anna", aud="account"), check_claims=checks(oidc))
+    with pytest.raises(jwc.JWTMissingClaim):
+        kc(oidc).decode_token(oidc.mint("anna", drop=["aud"]), check_claims=checks(oidc))
+    claims = kc(oidc).decode_token(oidc.mint("nora", roles=["modeldeck-admin"]), check_claims=checks(oidc))
+    assert claims["realm_access"] == {"roles": ["modeldeck-admin"]} and claims["preferred_username"] == "nora"
+    service = kc(oidc).decode_token(oidc.mint(None, client="modeldeck-integration"), check_claims=checks(oidc))
+    assert service["azp"] == "modeldeck-integration" and service["realm_access"]["roles"] == ["modeldeck-service"]
+
+
+def test_rotate_key_changes_the_kid(oidc: Oidc) -> None:
+    old_token = oidc.password_token("alice")
+    old_kid = pyjwt.get_unverified_header(old_token)["kid"]
+    new_kid = oidc.rotate_key()
+    assert new_kid != old_kid
+    assert [k["kid"] for k in oidc.certs()["keys"]][:2] == [new_kid, old_kid]
+    new_token = oidc.password_token("alice")
+    assert pyjwt.get_unverified_header(new_token)["kid"] == new_kid
+    assert pyjwt.get_unverified_header(oidc.mint("alice"))["kid"] == new_kid
+    kc(oidc).decode_token(old_token, check_claims=checks(oidc))  # the old key is still published
+    newest = oidc.rotate_key(keep_old=False)
+    assert [k["kid"] for k in oidc.certs()["keys"]] == [newest]
+    with pytest.raises(jwc.JWTMissingKey):  # its kid is no longer in certs
+        kc(oidc).decode_token(new_token, check_claims=checks(oidc))
+    kc(oidc).decode_token(oidc.password_token("alice"), check_claims=checks(oidc))
