@@ -22,7 +22,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         return 1
     layout = Layout(settings.home.resolve())
     url = stack.api_url(settings)
-    print(f"ModelDeck is up.\n  API:       {url}/api/v1\n  API docs:  {url}/api/docs\n"
+    print(f"ModelDeck is up.\n  Console:   {console_url()}\n  API:       {url}/api/v1\n  API docs:  {url}/api/docs\n"
           f"  admin key: {secret}\n  (also in {layout.admin_key}, mode 600)\n"
           f'Try: curl -H "Authorization: Bearer $(cat {layout.admin_key})" {url}/api/v1/me')
     if not args.foreground:
@@ -44,6 +44,14 @@ def _cmd_up(args: argparse.Namespace) -> int:
         time.sleep(1)
     stack.down(settings)
     return 0
+
+
+def console_url() -> str:
+    """Return the console's URL as `up` starts it."""
+    from console.settings import ConsoleSettings
+
+    c = ConsoleSettings()
+    return f"http://{c.host}:{c.port}"
 
 
 def _cmd_down(_: argparse.Namespace) -> int:

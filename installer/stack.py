@@ -15,7 +15,7 @@ from server.core import keys_repo
 from server.core.db import connect, ensure_indexes
 from server.core.settings import Settings
 
-COMPONENTS = ("repository", "worker-cpu", "api")
+COMPONENTS = ("repository", "worker-cpu", "api", "console")
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -83,6 +83,9 @@ def up(settings: Settings, timeout_s: float = 120) -> str:
             "--workers", str(settings.api_workers), "--threads", str(settings.api_threads),
             "--worker-class", "gthread", "--timeout", "120", "--graceful-timeout", "10", "server.wsgi:app",
         ], env, ROOT)
+    if running(layout, "console") is None:
+        start(layout, "console", [python, "-m", "console"],
+              {**env, "MODELDECK_CONSOLE_API_URL": api_url(settings)}, ROOT)
     ready, answer = wait_ready(settings, layout, timeout_s)
     if not ready:
         culprit = "api" if running(layout, "api") is None or "broker" not in answer else "worker-cpu"

@@ -24,16 +24,17 @@ def test_up_twice_status_logs_and_down(stack: Stack, worker: Proc, tmp_path) -> 
     api_port = free_port()
     env = {**stack.env, "MODELDECK_HOME": str(home), "MODELDECK_API_PORT": str(api_port),
            "MODELDECK_EMBEDDED_MONGO_PORT": str(free_port()), "MODELDECK_QUEUE_PREFIX": f"cli{api_port}.",
-           "MODELDECK_API_WORKERS": "1", "MODELDECK_API_THREADS": "4"}
+           "MODELDECK_API_WORKERS": "1", "MODELDECK_API_THREADS": "4", "MODELDECK_CONSOLE_PORT": str(free_port())}
     try:
         first = modeldeck(env, "up")
         assert first.returncode == 0, first.stdout + first.stderr
         key = (home / "admin.key").read_text().strip()
         assert key.startswith("mdk_") and key in first.stdout
         assert f"http://127.0.0.1:{api_port}/api/v1" in first.stdout
+        assert f"Console:   http://127.0.0.1:{env['MODELDECK_CONSOLE_PORT']}" in first.stdout
         assert stat.S_IMODE(os.stat(home / "admin.key").st_mode) == 0o600
         pids = {name: json.loads((home / "run" / f"{name}.json").read_text())["pid"]
-                for name in ("repository", "worker-cpu", "api")}
+                for name in ("repository", "worker-cpu", "api", "console")}
         assert all(psutil.pid_exists(p) for p in pids.values())
 
         me = requests.get(f"http://127.0.0.1:{api_port}/api/v1/me", headers={"Authorization": f"Bearer {key}"}, timeout=5)

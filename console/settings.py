@@ -1,0 +1,16 @@
+"""The console's own settings (it shares no code with the server: REST only)."""
+
+from __future__ import annotations
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ConsoleSettings(BaseSettings):
+    """Where the API is; read once per console process from MODELDECK_CONSOLE_* variables."""
+
+    model_config = SettingsConfigDict(env_prefix="MODELDECK_CONSOLE_", frozen=True, extra="ignore")
+
+    api_url: str = "http://127.0.0.1:8600"
+    host: str = "127.0.0.1"
+    port: int = 8501
+    timeout_s: float = 120.0

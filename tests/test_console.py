@@ -1,0 +1,138 @@
+"""Console pages with Streamlit's AppTest against the real API (real services behind it)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from conftest import IRIS_FEATURES, ROOT, Client, unique
+from test_quickstart import reference_csv
+
+APP = str(ROOT / "console" / "app.py")
+
+
+@pytest.fixture
+def console(api_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    monkeypatch.setenv("MODELDECK_CONSOLE_API_URL", api_url)
+    st.cache_resource.clear()
+
+    def open_as(client: Client | None) -> AppTest:
+        at = AppTest.from_file(APP, default_timeout=60)
+        if client is not None:
+            at.session_state.credential = client.key
+            at.session_state.me = client.get("/api/v1/me").json()
+        at.run()
+        assert not at.exception, at.exception
+        return at
+
+    yield open_as
+    st.cache_resource.clear()
+
+
+@pytest.fixture(scope="module")
+def iris_model(operator: Client, iris_skops: bytes, iris) -> str:  # type: ignore[no-untyped-def]
+    name = unique("console-iris")
+    assert operator.upload(name, iris_skops, reference=reference_csv(iris[1])).status_code == 201
+    assert operator.upload(name, iris_skops, reference=reference_csv(iris[1])).status_code == 201
+    return name
+
+
+def go(at: AppTest, page: str) -> AppTest:
+    at.switch_page(f"pages/{page}.py")
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_sign_in_shows_the_servers_message_then_signs_in(console, admin_key: str) -> None:  # type: ignore[no-untyped-def]
+    at = console(None)
+    at.text_input[0].input("mdk_wrong")
+    at.button[0].click()
+    at.run()
+    assert [e.value for e in at.error] == ["invalid API key"]
+    at.text_input[0].input(admin_key)
+    at.button[0].click()
+    at.run()
+    assert at.session_state.me["role"] == "admin"
+    assert [m.label for m in at.metric] == ["Platform", "Broker", "Repository"]
+    assert at.metric[0].value == "ready"
+
+
+def test_an_analyst_is_not_offered_operator_pages(console, make_client) -> None:  # type: ignore[no-untyped-def]
+    at = console(make_client("analyst"))
+    with pytest.raises(Exception):
+        go(at, "models")
+    go(at, "predict")  # offered
+
+
+def test_predict_from_the_form_shows_the_apis_answer(console, make_client, iris_model: str, iris) -> None:  # type: ignore[no-untyped-def]
+    model, X = iris
+    at = go(console(make_client("analyst")), "predict")
+    model_box = next(s for s in at.selectbox if s.label == "Model")
+    model_box.select(iris_model)
+    at.run()
+    fields = {n.label: n for n in at.number_input}
+    assert list(fields) == IRIS_FEATURES
+    for feature, value in zip(IRIS_FEATURES, X[100]):
+        fields[feature].set_value(float(value))
+    next(b for b in at.button if b.label == "Predict").click()
+    at.run()
+    assert not at.error, [e.value for e in at.error]
+    assert at.success[0].value == f"Answered by {iris_model} version 2"
+    shown = at.dataframe[0].value
+    assert shown["prediction"].tolist() == model.predict(X[[100]]).tolist()
+
+
+def test_operator_promotes_and_rolls_back_with_confirmation(console, operator: Client, iris_model: str) -> None:  # type: ignore[no-untyped-def]
+    at = go(console(operator), "models")
+    next(s for s in at.selectbox if s.label == "Model").select(iris_model)
+    at.run()
+    next(s for s in at.selectbox if s.label == "Point it at version").select(1)
+    at.run()
+    next(b for b in at.button if b.label == "Move alias").click()
+    at.run()
+    assert at.warning[0].value == "tick the confirmation first"
+    assert operator.get(f"/api/v1/models/{iris_model}").json()["aliases"] == {}
+    next(s for s in at.selectbox if s.label == "Point it at version").select(1)
+    next(c for c in at.checkbox if c.label.startswith("Yes, move the alias")).check()
+    next(b for b in at.button if b.label == "Move alias").click()
+    at.run()
+    assert at.success[0].value == "'production' now points at version 1"
+    assert operator.get(f"/api/v1/models/{iris_model}").json()["aliases"] == {"production": 1}
+
+
+def test_admin_creates_a_key_and_sees_it_once(console, admin: Client) -> None:  # type: ignore[no-untyped-def]
+    at = go(console(admin), "keys")
+    name = unique("console-key")
+    next(t for t in at.text_input if t.label == "Name").input(name)
+    next(b for b in at.button if b.label == "Create key").click()
+    at.run()
+    assert at.success[0].value == "Key created. Copy it now: it is shown only once."
+    key = at.code[0].value
+    assert Client(admin.base, key).get("/api/v1/me").json()["subject"] == f"apikey:{name}"
+
+
+def test_audit_page_filters_and_verifies(console, admin: Client, iris_model: str) -> None:  # type: ignore[no-untyped-def]
+    at = go(console(admin), "audit")
+    next(t for t in at.text_input if t.label == "Action").input("model.upload")
+    at.run()
+    frame = at.dataframe[0].value
+    assert set(frame["action"]) == {"model.upload"}
+    assert f"{iris_model}:2" in set(frame["target"])
+    next(b for b in at.button if b.label == "Verify the hash chain").click()
+    at.run()
+    assert at.success[0].value.startswith("Chain intact: ")
+
+
+def test_pages_without_a_backend_say_so(console, admin: Client) -> None:  # type: ignore[no-untyped-def]
+    for page, endpoint, text in [("runtimes", "/api/v1/runtimes", "Runtime pools are not available"),
+                                 ("monitoring", "/api/v1/monitoring/overview", "Monitoring is not available")]:
+        at = go(console(admin), page)
+        if admin.get(endpoint).status_code == 404:
+            assert at.info[0].value.startswith(text)
+        else:
+            assert not at.info or not at.info[0].value.startswith(text)
