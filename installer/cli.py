@@ -76,6 +76,21 @@ def _cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_admin_key(args: argparse.Namespace) -> int:
+    from server.core import audit_repo, keys_repo
+    from server.core.clock import now_iso
+    from server.core.db import connect, ensure_indexes
+
+    db = connect(load_settings())
+    ensure_indexes(db)
+    doc, secret = keys_repo.create_key(db, args.name, "admin", None, None, "modeldeck admin-key")
+    audit_repo.append(db, {"time": now_iso(), "actor": "cli:modeldeck admin-key", "method": "cli", "role": "admin",
+                           "action": "apikey.create", "target": doc["_id"], "outcome": "success", "status": 201,
+                           "details": {"name": args.name, "role": "admin"}})
+    print(secret)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the modeldeck command."""
     parser = argparse.ArgumentParser(prog="modeldeck", description="Run the ModelDeck stack on this machine.")
@@ -85,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     p_up.set_defaults(func=_cmd_up)
     sub.add_parser("down", help="stop what `up` started").set_defaults(func=_cmd_down)
     sub.add_parser("status", help="show each component and the API's readiness").set_defaults(func=_cmd_status)
+    p_key = sub.add_parser("admin-key", help="create an admin API key directly in the repository and print it")
+    p_key.add_argument("--name", default="admin")
+    p_key.set_defaults(func=_cmd_admin_key)
     p_logs = sub.add_parser("logs", help="show the last lines of the logs")
     p_logs.add_argument("component", nargs="?", choices=stack.COMPONENTS)
     p_logs.add_argument("-n", "--lines", type=int, default=40)
