@@ -82,6 +82,11 @@ def stop(layout: Layout, name: str, timeout_s: float = 15.0) -> bool:
         layout_record.unlink(missing_ok=True)
         return False
     try:
+        # Children in their own sessions (the controller's workers) are not in the process group: remember them.
+        children = proc.children(recursive=True)
+    except psutil.Error:
+        children = []
+    try:
         os.killpg(proc.pid, signal.SIGTERM)
     except ProcessLookupError:
         pass
@@ -92,6 +97,18 @@ def stop(layout: Layout, name: str, timeout_s: float = 15.0) -> bool:
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
+            pass
+    left = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    for child in left:
+        try:
+            child.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(left, timeout=timeout_s)
+    for child in alive:
+        try:
+            child.kill()
+        except psutil.Error:
             pass
     layout_record.unlink(missing_ok=True)
     return True

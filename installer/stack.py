@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ from server.core import keys_repo
 from server.core.db import connect, ensure_indexes
 from server.core.settings import Settings
 
-COMPONENTS = ("repository", "worker-cpu", "api", "console")
+COMPONENTS = ("repository", "worker-cpu", "controller", "api", "console")
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -77,12 +78,19 @@ def up(settings: Settings, timeout_s: float = 120) -> str:
     python = sys.executable
     if running(layout, "worker-cpu") is None:
         start(layout, "worker-cpu", [python, "-m", "runtime.worker"], {**env, "MODELDECK_WORKER_POOL": "cpu"}, ROOT)
+    if running(layout, "controller") is None:
+        # Scales the pools an operator configured (PUT /api/v1/runtimes/{pool}/scale or /autoscale).
+        start(layout, "controller", [python, "-m", "runtime.controller"], env, ROOT)
     if running(layout, "api") is None:
+        # prometheus-client's multiprocess files (one set per gunicorn worker); stale ones would double-count.
+        prometheus_dir = layout.run / "prometheus"
+        shutil.rmtree(prometheus_dir, ignore_errors=True)
+        prometheus_dir.mkdir(parents=True)
         start(layout, "api", [
             python, "-m", "gunicorn", "--bind", f"{settings.api_host}:{settings.api_port}",
             "--workers", str(settings.api_workers), "--threads", str(settings.api_threads),
             "--worker-class", "gthread", "--timeout", "120", "--graceful-timeout", "10", "server.wsgi:app",
-        ], env, ROOT)
+        ], {**env, "PROMETHEUS_MULTIPROC_DIR": str(prometheus_dir)}, ROOT)
     if running(layout, "console") is None:
         start(layout, "console", [python, "-m", "console"],
               {**env, "MODELDECK_CONSOLE_API_URL": api_url(settings)}, ROOT)

@@ -9,6 +9,7 @@ import threading
 
 import psutil
 
+from runtime.environment import detect_gpus, python_environment
 from runtime.state import WorkerState
 from server.core import workers_repo
 from server.core.clock import now_iso
@@ -26,15 +27,37 @@ class Heartbeat:
         self._thread = threading.Thread(target=self._loop, name="modeldeck-heartbeat", daemon=True)
         self._process = psutil.Process()
         self._started = now_iso()
+        self._environment = python_environment()
+        self._lock = threading.Lock()
+        self._phase = "starting"
+
+    def announce(self) -> None:
+        """Record a first heartbeat in state "starting", before the worker consumes."""
+        self._process.cpu_percent(None)
+        try:
+            self.beat()
+        except Exception as exc:  # the worker can still start; the loop will retry
+            logger.warning("heartbeat failed: %s", exc)
 
     def start(self) -> None:
-        """Start beating."""
-        self._process.cpu_percent(None)
+        """Start beating: the worker is consuming."""
+        self._phase = "running"
         self._thread.start()
 
+    def stopping(self) -> None:
+        """Report a warm shutdown: running tasks finish, nothing new is taken; beats go on until stop."""
+        with self._lock:
+            self._phase = "stopping"
+            try:
+                self.beat()
+            except Exception as exc:  # shutdown goes on without the report
+                logger.warning("heartbeat failed: %s", exc)
+
     def stop(self) -> None:
-        """Stop beating and remove this worker from the live set."""
+        """Stop beating and remove this worker from the repository."""
         self._stop.set()
+        with self._lock:
+            pass  # let a beat in progress finish, so it cannot re-create the document below
         try:
             workers_repo.remove_worker(self.state.db, self.worker_id)
         except Exception:  # the repository may already be gone at shutdown
@@ -43,6 +66,7 @@ class Heartbeat:
     def beat(self) -> None:
         """Record one heartbeat."""
         s = self.state
+        state = self._phase if self._phase != "running" else ("busy" if s.busy else "idle")
         workers_repo.record_heartbeat(
             s.db,
             self.worker_id,
@@ -50,12 +74,13 @@ class Heartbeat:
                 "pool": s.settings.worker_pool,
                 "host": socket.gethostname(),
                 "pid": os.getpid(),
-                "state": "busy" if s.busy else "idle",
+                "state": state,
                 "concurrency": s.settings.worker_concurrency,
                 "busy": s.busy,
                 "cpu_percent": self._process.cpu_percent(None),
                 "memory_mb": round(self._process.memory_info().rss / 2**20, 1),
-                "gpus": [],
+                "gpus": detect_gpus(),
+                "environment": self._environment,
                 "models": s.cache.snapshot(),
                 "cache_hits": s.cache.hits,
                 "cache_misses": s.cache.misses,
@@ -66,7 +91,9 @@ class Heartbeat:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                self.beat()
+                with self._lock:
+                    if not self._stop.is_set():
+                        self.beat()
             except Exception as exc:  # keep beating through repository outages
                 logger.warning("heartbeat failed: %s", exc)
             self._stop.wait(self.state.settings.heartbeat_interval_s)

@@ -11,6 +11,11 @@ from typing import Any, Callable
 import numpy as np
 
 
+# preload_libraries runs on a background thread while the worker already takes tasks; a load that imports the
+# same packages at the same moment can see a half-initialised module, so imports and loads take turns.
+IMPORT_LOCK = threading.RLock()
+
+
 class ModelLoadError(Exception):
     """The artifact could not be turned into a model (corrupt file, missing library)."""
 
@@ -108,14 +113,20 @@ def preload_libraries() -> None:
 
     for module in ("skops.io", "sklearn.linear_model", "sklearn.ensemble", "sklearn.tree", "sklearn.pipeline",
                    "sklearn.preprocessing", "sklearn.svm", "sklearn.neighbors", "onnxruntime", "joblib"):
-        try:
-            importlib.import_module(module)
-        except ImportError:
-            pass
+        with IMPORT_LOCK:
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                pass
 
 
 def load_model(sha256: str, fmt: str, data: bytes, trusted_types: list[str]) -> LoadedModel:
     """Load artifact bytes of a given format into a callable model."""
+    with IMPORT_LOCK:
+        return _load_model(sha256, fmt, data, trusted_types)
+
+
+def _load_model(sha256: str, fmt: str, data: bytes, trusted_types: list[str]) -> LoadedModel:
     try:
         if fmt == "skops":
             import skops.io

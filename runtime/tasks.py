@@ -36,7 +36,13 @@ def predict_job(job_id: str) -> None:
         logger.info("job %s already finished or unknown; skipping", job_id)
         return
     params = job["params"]
-    outcome = run_prediction(state, params["spec"], params["rows"])
+    with state.lock:
+        state.busy += 1
+    try:
+        outcome = run_prediction(state, params["spec"], params["rows"])
+    finally:
+        with state.lock:
+            state.busy -= 1
     if outcome["ok"]:
         jobs_repo.finish_job(state.db, job_id, result={"predictions": outcome["predictions"]})
     else:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 
 from celery import signals
 
 from runtime.celery_app import create_celery
+from runtime.environment import detect_gpus
 from runtime.heartbeat import Heartbeat
 from runtime.loader import preload_libraries
 from runtime.state import init_state
@@ -29,18 +31,30 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(exc, file=sys.stderr)
         return 2
+    if settings.worker_pool in settings.gpu_pools and not detect_gpus():
+        print(f"pool '{settings.worker_pool}' needs an NVIDIA GPU and NVML finds none on this machine; "
+              "refusing to start, so GPU models never run on CPU. Run this worker on a GPU host (with the NVIDIA "
+              "driver and nvidia-ml-py), or serve a CPU pool with MODELDECK_WORKER_POOL=cpu", file=sys.stderr)
+        return 3
     app = create_celery(settings)
-    preload_libraries()
     state = init_state(settings)
     heartbeat = Heartbeat(state)
+    heartbeat.announce()
 
     @signals.worker_ready.connect(weak=False)
     def _ready(**_: object) -> None:
+        # Import the model libraries after the worker consumes: a new worker takes work seconds sooner
+        # (what scale-up waits for), and a model that needs them waits on the import only once.
+        threading.Thread(target=preload_libraries, name="modeldeck-preload", daemon=True).start()
         heartbeat.start()
         logger.info("worker %s serving pool %s", heartbeat.worker_id, settings.worker_pool)
 
     @signals.worker_shutting_down.connect(weak=False)
     def _stopping(**_: object) -> None:
+        heartbeat.stopping()
+
+    @signals.worker_shutdown.connect(weak=False)
+    def _stopped(**_: object) -> None:
         heartbeat.stop()
 
     pool = settings.worker_pool

@@ -14,6 +14,8 @@ from server import audit
 from server.api import Api, json_response, request_id
 from server.auth import Authenticator
 from server.keycloak import TokenVerifier
+from server.alerts import Housekeeper
+from server.metrics import MetricsRecorder
 from server.cache import RepoCache
 from server.context import CACHE_TTL_S, Context, PoolLiveness
 from server.core.db import connect, ensure_indexes
@@ -23,10 +25,12 @@ from server.openapi import build_openapi
 from server.ratelimit import FailureLimiter
 from server.router import Router
 from server.views import apikeys, audit_log, docs, health, jobs, models, predict, v2
+from server.views import runtimes
+from server.views import monitoring
 
 logger = logging.getLogger(__name__)
 
-APIS: list[Api] = [health.api, docs.api, apikeys.api, models.api, predict.api, jobs.api, audit_log.api, v2.api]
+APIS: list[Api] = [health.api, docs.api, apikeys.api, models.api, predict.api, jobs.api, audit_log.api, v2.api, runtimes.api, monitoring.api, monitoring.metrics_api]
 _HTTP_CODES = {400: "invalid_input", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 
@@ -58,7 +62,10 @@ def create_app(settings: Settings, router: Router | None = None) -> Flask:
         settings=settings, db=db, router=router, auth=Authenticator(db, cache, TokenVerifier(settings) if settings.keycloak_enabled else None),
         liveness=PoolLiveness(db, settings.worker_lost_after_s), cache=cache,
         limiter=FailureLimiter(settings.auth_failure_limit, settings.auth_failure_window_s),
+        metrics=MetricsRecorder(db, settings, Housekeeper(settings)) if settings.metrics_enabled else None,
     )
+    if app.extensions["modeldeck"].metrics is not None:
+        app.extensions["modeldeck"].metrics.start()
     if settings.trusted_proxies:
         # Behind N reverse proxies, the client address is the N-th from the right in X-Forwarded-For.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies, x_proto=settings.trusted_proxies)  # type: ignore[method-assign]

@@ -14,6 +14,7 @@ from server.cache import RepoCache
 from server.ratelimit import FailureLimiter
 from server.core import workers_repo
 from server.core.settings import Settings
+from server.metrics import MetricsRecorder
 from server.router import Router
 
 
@@ -55,6 +56,7 @@ class Context:
     liveness: PoolLiveness
     cache: RepoCache
     limiter: FailureLimiter
+    metrics: MetricsRecorder | None = None
 
     def changed(self, kind: str, name: str) -> None:
         """Tell every API process (this one at once) that a key or a model's versions changed."""

@@ -15,6 +15,8 @@ from server.core.keys_repo import role_rank
 from server.core.errors import ForbiddenError, ModelFailedError, NotFoundError, UnavailableError
 from server.core.models_repo import VersionDoc
 from server.validation import validate_rows
+from server.metrics import observed
+from server.requirements import check_requirements
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +51,10 @@ def check_pool(ctx: Context, doc: VersionDoc) -> None:
     if ctx.liveness.live_counts().get(pool, 0) == 0:
         hint = "start one with `modeldeck up` or scale the pool" if pool == "cpu" else f"start a worker with MODELDECK_WORKER_POOL={pool}"
         raise UnavailableError(f"no worker is serving pool '{pool}' for model '{doc['name']}'; {hint}", {"pool": pool})
+    check_requirements(ctx, doc)
 
 
+@observed
 def predict(ctx: Context, principal: Principal, name: str, inputs: Any, ref: int | str | None, request_id: str) -> PredictResult:
     """Validate rows and run them on a worker of the model's pool, waiting for the answer."""
     started = time.perf_counter()
@@ -73,6 +77,8 @@ def predict(ctx: Context, principal: Principal, name: str, inputs: Any, ref: int
         "model_ms": outcome["model_ms"],
         "load_ms": outcome["load_ms"],
     }
+    if ctx.metrics is not None:
+        ctx.metrics.record_success(doc, rows, outcome, timings)
     return PredictResult(outcome["predictions"], name, doc["version"], request_id, timings)
 
 

@@ -17,6 +17,7 @@ from server.core.formats import FORMATS, PICKLE_FORMATS, check_artifact
 from server.core.keys_repo import role_rank
 from server.core.models_repo import FieldSpec, VersionDoc
 from server.core.settings import Settings
+from server.requirements import parse_requirements
 from server.validation import parse_reference
 
 logger = logging.getLogger(__name__)
@@ -27,6 +28,20 @@ NAME_PATTERN = r"^[A-Za-z0-9._-]{1,100}$"
 class SchemaField(BaseModel):
     name: str = Field(min_length=1, max_length=100)
     type: Literal["number", "integer", "string", "boolean"]
+
+
+class MonitoringPolicy(BaseModel):
+    """Per-model prediction logging and alert thresholds (docs/monitoring.md)."""
+
+    model_config = {"extra": "forbid"}
+
+    log_sample_rate: float = Field(default=0.0, ge=0.0, le=1.0, description="fraction of predictions whose inputs are logged")
+    log_outputs: bool = Field(default=False, description="log the predictions too, not only the inputs")
+    error_rate_alert: float | None = Field(default=None, ge=0.0, le=1.0)
+    p99_alert_ms: float | None = Field(default=None, gt=0)
+    alert_min_requests: int | None = Field(default=None, ge=1)
+    drift_psi_warn: float | None = Field(default=None, gt=0)
+    drift_psi_alert: float | None = Field(default=None, gt=0)
 
 
 class UploadMetadata(BaseModel):
@@ -41,6 +56,7 @@ class UploadMetadata(BaseModel):
     input_schema: list[SchemaField] | None = Field(default=None, min_length=1)
     description: str = Field(default="", max_length=2000)
     requirements: list[str] = Field(default_factory=list)
+    monitoring: MonitoringPolicy | None = None
 
 
 def parse_metadata(raw: str | None) -> UploadMetadata:
@@ -54,6 +70,7 @@ def parse_metadata(raw: str | None) -> UploadMetadata:
     if not isinstance(data, dict):
         raise InvalidInputError(f"form field 'metadata' must be a JSON object, got {type(data).__name__}")
     meta: UploadMetadata = parse_model(UploadMetadata, data, "metadata field")
+    parse_requirements(meta.requirements)
     if meta.input_schema:
         names = [f.name for f in meta.input_schema]
         dupes = sorted({n for n in names if names.count(n) > 1})
@@ -101,6 +118,7 @@ def upload_model(
         "sha256": art.sha256, "size": art.size, "input_schema": schema, "description": meta.description,
         "requirements": meta.requirements, "trusted_types": trusted, "reference_stats": stats,
         "created_by": principal.subject, "filename": file.filename,
+        "monitoring": meta.monitoring.model_dump() if meta.monitoring else None,
     }
     if meta.format in PICKLE_FORMATS:
         logger.warning("pickle-format model %s uploaded by %s", meta.name, principal.subject)

@@ -98,7 +98,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "MODELDECK_MONGO_DB": f"test_{tag}",
         "MODELDECK_QUEUE_PREFIX": f"test-{tag}.",
         "MODELDECK_HEARTBEAT_INTERVAL_S": "0.5",
-        "MODELDECK_WORKER_LOST_AFTER_S": "3",
+        # Generous: on 2 busy cores a heartbeat thread can be starved for seconds while a worker imports libraries.
+        "MODELDECK_WORKER_LOST_AFTER_S": "8",
         # The suite fails authentication on purpose many times from 127.0.0.1; test_security tests the limit.
         "MODELDECK_AUTH_FAILURE_LIMIT": "100000",
         "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}",
@@ -106,7 +107,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     }
     settings = Settings(
         home=tmp / "home", embedded_mongo_port=mongo_port, mongo_url="", mongo_db=f"test_{tag}",
-        queue_prefix=f"test-{tag}.", heartbeat_interval_s=0.5, worker_lost_after_s=3,
+        queue_prefix=f"test-{tag}.", heartbeat_interval_s=0.5, worker_lost_after_s=8,
     )
     try:
         ensure_broker(settings)
@@ -125,7 +126,9 @@ def start_worker(stack: Stack, pool: str = "cpu", **env: str) -> Proc:
     log = stack.tmp / f"worker-{pool}-{uuid.uuid4().hex[:6]}.log"
     before = {w["_id"] for w in stack.db.workers.find({"pool": pool})}
     proc = Proc([sys.executable, "-m", "runtime.worker"], {**stack.env, "MODELDECK_WORKER_POOL": pool, **env}, log)
-    wait_for(lambda: not proc.alive() or bool({w["_id"] for w in stack.db.workers.find({"pool": pool})} - before),
+    # A worker announces itself as "starting" before it consumes; wait until it serves.
+    serving = {"pool": pool, "state": {"$in": ["idle", "busy"]}}
+    wait_for(lambda: not proc.alive() or bool({w["_id"] for w in stack.db.workers.find(serving)} - before),
              60, f"worker for pool {pool}", log)
     if not proc.alive():
         pytest.fail(f"worker for pool {pool} exited:\n{log.read_text()[-3000:]}")

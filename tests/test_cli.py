@@ -34,7 +34,7 @@ def test_up_twice_status_logs_and_down(stack: Stack, worker: Proc, tmp_path) -> 
         assert f"Console:   http://127.0.0.1:{env['MODELDECK_CONSOLE_PORT']}" in first.stdout
         assert stat.S_IMODE(os.stat(home / "admin.key").st_mode) == 0o600
         pids = {name: json.loads((home / "run" / f"{name}.json").read_text())["pid"]
-                for name in ("repository", "worker-cpu", "api", "console")}
+                for name in ("repository", "worker-cpu", "controller", "api", "console")}
         assert all(psutil.pid_exists(p) for p in pids.values())
 
         me = requests.get(f"http://127.0.0.1:{api_port}/api/v1/me", headers={"Authorization": f"Bearer {key}"}, timeout=5)
@@ -54,7 +54,7 @@ def test_up_twice_status_logs_and_down(stack: Stack, worker: Proc, tmp_path) -> 
     finally:
         down = modeldeck(env, "down")
     assert down.returncode == 0
-    assert "api" in down.stdout and "worker-cpu" in down.stdout and "repository" in down.stdout
+    assert "api" in down.stdout and "worker-cpu" in down.stdout and "controller" in down.stdout and "repository" in down.stdout
     assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids.values())
     # Nothing else was stopped: the test session's own worker still runs.
     assert worker.alive()

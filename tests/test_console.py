@@ -128,11 +128,19 @@ def test_audit_page_filters_and_verifies(console, admin: Client, iris_model: str
     assert at.success[0].value.startswith("Chain intact: ")
 
 
-def test_pages_without_a_backend_say_so(console, admin: Client) -> None:  # type: ignore[no-untyped-def]
-    for page, endpoint, text in [("runtimes", "/api/v1/runtimes", "Runtime pools are not available"),
-                                 ("monitoring", "/api/v1/monitoring/overview", "Monitoring is not available")]:
-        at = go(console(admin), page)
-        if admin.get(endpoint).status_code == 404:
-            assert at.info[0].value.startswith(text)
-        else:
-            assert not at.info or not at.info[0].value.startswith(text)
+def test_monitoring_page_draws_the_apis_numbers(console, make_client, iris_model: str, stack, iris) -> None:  # type: ignore[no-untyped-def]
+    analyst = make_client("analyst")
+    for _ in range(5):
+        assert analyst.post(f"/api/v1/models/{iris_model}/predict", json={"inputs": [iris[1][0].tolist()]}).status_code == 200
+    import time
+
+    deadline = time.monotonic() + 30
+    while not any(m["model"] == iris_model for m in analyst.get("/api/v1/monitoring/overview").json()["busiest_models"]):
+        assert time.monotonic() < deadline, "metrics were not flushed"
+        time.sleep(0.5)
+    overview = analyst.get("/api/v1/monitoring/overview", params={"window": "6h"}).json()
+    at = go(console(analyst), "monitoring")
+    assert at.metric[0].label == "Requests" and int(at.metric[0].value) >= overview["requests"]
+    next(s for s in at.selectbox if s.label == "Model").select(iris_model)
+    at.run()
+    assert not at.exception and len(at.get("plotly_chart")) >= 2

@@ -1,19 +1,66 @@
-"""Monitoring: requests, latency percentiles and errors per model and version over time, and drift."""
+"""Monitoring: requests, latency percentiles and errors per model and version over time, drift, alerts."""
 
 from __future__ import annotations
 
+import time
+
+import pandas as pd
+import plotly.express as px
 import streamlit as st
 
 from console.client import ApiError, client, show_error
 
 st.title("Monitoring")
 api = client()
+window = st.selectbox("Window", ["1h", "6h", "24h", "7d"], index=1)
 try:
-    overview = api.get("/api/v1/monitoring/overview")
+    overview = api.get("/api/v1/monitoring/overview", window=window)
 except ApiError as exc:
     if exc.status in (404, 405):
         st.info("Monitoring is not available on this server yet (it has no /api/v1/monitoring endpoints).")
         st.stop()
     show_error(exc)
     st.stop()
-st.json(overview)
+
+c = st.columns(5)
+c[0].metric("Requests", overview["requests"])
+c[1].metric("Error rate", f"{overview['error_rate'] * 100:.2f} %")
+for i, p in enumerate(("p50", "p95", "p99")):
+    value = overview["latency_ms"][p]
+    c[2 + i].metric(f"Latency {p}", "–" if value is None else f"{value:.1f} ms")
+if overview["busiest_models"]:
+    st.subheader("Busiest models")
+    st.dataframe([{"model": m["model"], "requests": m["requests"], "errors": m["errors"],
+                   "p50 ms": m["latency_ms"]["p50"], "p99 ms": m["latency_ms"]["p99"]} for m in overview["busiest_models"]],
+                 hide_index=True, width="stretch")
+if overview.get("pools"):
+    st.subheader("Pools")
+    st.dataframe(overview["pools"], hide_index=True, width="stretch")
+if overview.get("recent_alerts"):
+    st.subheader("Recent alerts")
+    st.dataframe(overview["recent_alerts"], hide_index=True, width="stretch")
+
+names = [m["model"] for m in overview["busiest_models"]]
+if not names:
+    st.info("No predictions in this window yet.")
+    st.stop()
+name = st.selectbox("Model", names)
+seconds = {"1h": 3600, "6h": 21600, "24h": 86400, "7d": 604800}[window]
+series = api.get(f"/api/v1/monitoring/models/{name}", since=int(time.time()) - seconds, until=int(time.time()) + 60)
+points = series["points"]
+if points:
+    frame = pd.DataFrame([{"time": p["time"], "requests": p["requests"], "errors": p["errors"],
+                           "p50": p["latency_ms"]["p50"], "p95": p["latency_ms"]["p95"], "p99": p["latency_ms"]["p99"]}
+                          for p in points])
+    frame["time"] = pd.to_datetime(frame["time"])
+    st.plotly_chart(px.line(frame, x="time", y=["p50", "p95", "p99"], title=f"{name}: latency (ms)"), width="stretch")
+    st.plotly_chart(px.bar(frame, x="time", y=["requests", "errors"], barmode="group", title=f"{name}: throughput and errors"),
+                    width="stretch")
+try:
+    drift = api.get(f"/api/v1/monitoring/models/{name}/drift", window=window)
+    st.subheader(f"Drift: {drift['status']}")
+    if drift["features"]:
+        frame = pd.DataFrame(drift["features"])
+        st.plotly_chart(px.bar(frame, x="feature", y="psi", color="status", title="PSI per feature"), width="stretch")
+except ApiError as exc:
+    st.caption(exc.message)

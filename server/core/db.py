@@ -8,6 +8,7 @@ from pymongo import ASCENDING, DESCENDING, MongoClient
 from pymongo.database import Database
 
 from server.core.audit_repo import ensure_audit_indexes
+from server.core.metrics_repo import ensure_metrics_indexes
 from server.core.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -33,3 +34,4 @@ def ensure_indexes(db: Database) -> None:
     db.workers.create_index([("pool", ASCENDING)], name="workers_by_pool")
     db.artifact_chunks.create_index([("sha256", ASCENDING), ("n", ASCENDING)], name="chunks_by_artifact")
     ensure_audit_indexes(db)
+    ensure_metrics_indexes(db)

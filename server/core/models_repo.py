@@ -34,6 +34,7 @@ class VersionDoc(TypedDict, total=False):
     requirements: list[str]
     trusted_types: list[str]
     reference_stats: dict[str, Any] | None
+    monitoring: dict[str, Any] | None
     created_at: str
     created_by: str
     archived: bool

@@ -48,6 +48,14 @@ class Settings(BaseSettings):
     model_cache_size: int = Field(default=32, ge=1)
     heartbeat_interval_s: float = Field(default=2.0, gt=0)
     worker_lost_after_s: float = Field(default=10.0, gt=0)
+    gpu_pools: tuple[str, ...] = ("gpu",)
+    scaler_backend: Literal["local", "kubernetes"] = "local"
+    max_replicas_per_pool: int = Field(default=8, ge=1, le=1000)
+    controller_interval_s: float = Field(default=1.0, gt=0)
+    controller_stop_timeout_s: float = Field(default=12.0, gt=0)
+    controller_restart_backoff_max_s: float = Field(default=30.0, gt=0)
+    kubernetes_namespace: str = "modeldeck"
+    kubernetes_deployment_prefix: str = "worker-"
     job_result_ttl_s: int = Field(default=86400, ge=60)
     keycloak_url: str = ""
     keycloak_realm: str = "modeldeck"
@@ -60,6 +68,25 @@ class Settings(BaseSettings):
     auth_failure_window_s: float = Field(default=60.0, gt=0)
     cors_origins: tuple[str, ...] = ()
     trusted_proxies: int = Field(default=0, ge=0, le=5)
+    # Monitoring (docs/monitoring.md).
+    metrics_enabled: bool = True
+    metrics_flush_interval_s: float = Field(default=5.0, gt=0)
+    metrics_raw_retention_days: float = Field(default=7.0, gt=0)
+    metrics_hourly_retention_days: float = Field(default=90.0, gt=0)
+    metrics_rollup_interval_s: float = Field(default=300.0, gt=0)
+    prediction_log_retention_days: float = Field(default=7.0, gt=0)
+    prediction_log_max_bytes: int = Field(default=16384, ge=256)
+    alert_interval_s: float = Field(default=60.0, gt=0)
+    alert_window_s: int = Field(default=300, ge=60)
+    alert_min_requests: int = Field(default=20, ge=1)
+    alert_webhook_url: str = ""
+    alert_webhook_secret: str = ""
+    drift_psi_warn: float = Field(default=0.1, gt=0)
+    drift_psi_alert: float = Field(default=0.25, gt=0)
+    drift_min_rows: int = Field(default=50, ge=1)
+    drift_window_s: int = Field(default=3600, ge=60)
+    # prometheus-client reads this variable itself; it is here so the /metrics view knows the mode.
+    prometheus_multiproc_dir: str = Field(default="", validation_alias="PROMETHEUS_MULTIPROC_DIR")
 
     @field_validator("keycloak_role_map")
     @classmethod

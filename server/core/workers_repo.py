@@ -22,7 +22,17 @@ def remove_worker(db: Database, worker_id: str) -> None:
 def live_workers(db: Database, lost_after_s: float, pool: str | None = None) -> list[dict[str, Any]]:
     """Return workers whose last heartbeat is recent enough, optionally for one pool."""
     since = now_iso(-lost_after_s)
-    query: dict[str, Any] = {"last_seen": {"$gte": since}, "state": {"$ne": "stopping"}}
+    query: dict[str, Any] = {"last_seen": {"$gte": since}, "state": {"$nin": ["starting", "stopping"]}}
     if pool:
         query["pool"] = pool
     return list(db.workers.find(query))
+
+
+def all_workers(db: Database) -> list[dict[str, Any]]:
+    """Return every recorded worker, live or not."""
+    return list(db.workers.find({}))
+
+
+def prune_workers(db: Database, older_than_s: float) -> int:
+    """Forget workers silent for longer than older_than_s (killed without a clean shutdown); return how many."""
+    return db.workers.delete_many({"last_seen": {"$lt": now_iso(-older_than_s)}}).deleted_count

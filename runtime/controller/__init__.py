@@ -1,0 +1,1 @@
+"""The controller: applies each pool's replica count or autoscale policy through a scaler backend."""
