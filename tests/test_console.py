@@ -144,3 +144,21 @@ def test_monitoring_page_draws_the_apis_numbers(console, make_client, iris_model
     next(s for s in at.selectbox if s.label == "Model").select(iris_model)
     at.run()
     assert not at.exception and len(at.get("plotly_chart")) >= 2
+
+
+def test_operator_sees_workers_and_scales_a_pool(console, operator: Client, stack) -> None:  # type: ignore[no-untyped-def]
+    at = go(console(operator), "runtimes")
+    assert any(s.value.startswith("Pool cpu") for s in at.subheader)
+    live = next(m for m in at.metric if m.label == "Live workers")
+    assert int(live.value) >= 1
+    frame = at.dataframe[0].value
+    assert set(frame["state"]) <= {"idle", "busy", "starting", "stopping", "lost"} and len(frame) >= 1
+    replicas = next(n for n in at.number_input if n.label == "Replicas")
+    replicas.set_value(2)
+    next(b for b in at.button if b.label == "Scale").click()
+    at.run()
+    assert at.success[0].value == "pool cpu scaling to 2"
+    pool = next(p for p in operator.get("/api/v1/runtimes").json()["pools"] if p["name"] == "cpu")
+    assert pool["replicas_desired"] == 2
+    # No controller runs in this test, so nothing was started; forget the setting so later controllers ignore cpu.
+    stack.db.pools.delete_one({"_id": "cpu"})
