@@ -20,14 +20,17 @@ except ApiError as exc:
 for pool in data["pools"]:
     st.subheader(f"Pool {pool['name']}")
     c = st.columns(3)
-    c[0].metric("Queue depth", pool.get("queue_depth", "?"))
-    c[1].metric("Live workers", sum(1 for w in pool["workers"] if w["state"] != "lost"))
+    live = sum(1 for w in pool["workers"] if w["state"] != "lost")
+    c[0].metric("Queue depth", "unknown" if pool.get("queue_depth") is None else pool["queue_depth"])
+    c[1].metric("Live workers", live)
     c[2].metric("Replicas wanted", pool.get("replicas_desired", "?"))
     st.dataframe([{"id": w["id"], "state": w["state"], "cpu %": w.get("cpu_percent"), "memory MB": w.get("memory_mb"),
                    "gpus": len(w.get("gpus") or []), "models cached": len(w.get("models") or [])} for w in pool["workers"]],
                  hide_index=True, width="stretch")
     with st.form(f"scale-{pool['name']}"):
-        replicas = st.number_input("Replicas", min_value=0, value=int(pool.get("replicas_desired") or 0), step=1)
+        # Without a setting yet, start from what runs now, so pressing Scale by mistake changes nothing.
+        wanted = pool.get("replicas_desired")
+        replicas = st.number_input("Replicas", min_value=0, value=int(live if wanted is None else wanted), step=1)
         if st.form_submit_button("Scale"):
             try:
                 api.put(f"/api/v1/runtimes/{pool['name']}/scale", {"replicas": int(replicas)})
