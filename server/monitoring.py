@@ -67,6 +67,9 @@ def summarize(merged: dict[str, Any]) -> Summary:
     return {
         "requests": n, "errors": int(merged["errors"]), "error_rate": round(merged["errors"] / n, 6) if n else 0.0,
         "errors_by_kind": errors, "rows": int(merged["rows"]), "cold_starts": int(merged["cold"]),
+        # Every answered request found its model loaded unless it was a cold start.
+        "cache_hits": max(0, ok - int(merged["cold"])),
+        "cache_hit_rate": round((ok - int(merged["cold"])) / ok, 6) if ok else None,
         "latency_ms": {
             "p50": percentile(merged["hist"], 0.5), "p95": percentile(merged["hist"], 0.95),
             "p99": percentile(merged["hist"], 0.99), "mean": round(merged["total_ms"] / n, 3) if n else None,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from flask import current_app
+
 from server.context import Context
 from server.core import pools_repo, workers_repo
 from server.core.clock import now_iso
@@ -61,3 +63,12 @@ def check_policy(policy: AutoscalePolicy) -> None:
             f"field 'min' ({policy['min']}) must not exceed field 'max' ({policy['max']})",
             {"field": "min", "value": policy["min"], "max": policy["max"]},
         )
+
+
+def queue_probe() -> QueueProbe:
+    """Return this API process's queue-depth reader (one broker connection, made on first use)."""
+    ext = current_app.extensions
+    if "modeldeck_queue_probe" not in ext:
+        ext["modeldeck_queue_probe"] = QueueProbe(ext["modeldeck"].settings.broker_url)
+    probe: QueueProbe = ext["modeldeck_queue_probe"]
+    return probe

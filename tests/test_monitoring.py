@@ -119,6 +119,7 @@ def test_known_traffic_is_counted_with_its_latency_percentiles(mon: Client, traf
     assert total["errors_by_kind"] == {"422_unprocessable": 3}
     assert total["rows"] == 40
     assert total["cold_starts"] == 1
+    assert (total["cache_hits"], total["cache_hit_rate"]) == (19, 0.95)  # 20 answered, the first one loaded the model
     latency = total["latency_ms"]
     # 20 of 23 requests sleep 50 ms in the model; the histogram's buckets are 25% wide.
     assert DELAY_S * 1000 <= latency["p50"] <= DELAY_S * 1000 * 1.6
@@ -147,6 +148,7 @@ def test_overview_lists_busiest_models_and_pools(mon: Client, traffic: dict[str,
     assert body["latency_ms"]["p99"] >= body["latency_ms"]["p50"] > 0
     cpu = next(p for p in body["pools"] if p["name"] == "cpu")
     assert cpu["workers"] >= 1
+    assert cpu["queue_depth"] == 0  # read from RabbitMQ: nothing waits once the traffic was answered
 
 
 def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

@@ -17,6 +17,7 @@ from server import drift, monitoring
 from server.api import Api, json_response
 from server.core import metrics_repo, models_repo, workers_repo
 from server.core.errors import InvalidInputError
+from server.runtimes import queue_probe
 
 api = Api("monitoring", "/api/v1/monitoring")
 metrics_api = Api("metrics")
@@ -101,21 +102,20 @@ def alerts(query: AlertQuery) -> Response:
 
 
 def _pools() -> list[dict[str, Any]]:
-    """Live workers per pool and state, with the queue depth when the router can tell it."""
+    """Live workers per pool and state, with the queue depth from RabbitMQ."""
     ctx = _ctx()
     pools: dict[str, dict[str, Any]] = {}
     for worker in workers_repo.live_workers(ctx.db, ctx.settings.worker_lost_after_s):
         pool = pools.setdefault(worker["pool"], {"name": worker["pool"], "workers": 0, "busy": 0, "queue_depth": None})
         pool["workers"] += 1
         pool["busy"] += 1 if worker.get("state") == "busy" else 0
-    depth = getattr(ctx.router, "queue_depth", None)
-    for pool in pools.values():
-        if callable(depth):
-            try:
-                pool["queue_depth"] = depth(pool["name"])
-            except Exception:  # the broker is away: the overview still answers, without the backlog
-                pool["queue_depth"] = None
-    return sorted(pools.values(), key=lambda p: p["name"])
+    names = sorted(pools)
+    depths = queue_probe().depths([ctx.settings.queue_name(n) for n in names])
+    for name in names:
+        # None while the broker is away: the overview still answers, without the backlog.
+        depth = depths.get(ctx.settings.queue_name(name))
+        pools[name]["queue_depth"] = depth.ready if depth is not None else None
+    return [pools[n] for n in names]
 
 
 class _PoolCollector:

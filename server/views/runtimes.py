@@ -12,8 +12,7 @@ from server.api import Api, json_response
 from server.core import pools_repo
 from server.core.errors import InvalidInputError
 from server.core.pools_repo import AutoscalePolicy
-from server.core.queues import QueueProbe
-from server.runtimes import check_policy, runtimes
+from server.runtimes import check_policy, queue_probe, runtimes
 
 api = Api("runtimes", "/api/v1/runtimes")
 POOL_RULE = "/<pool>"
@@ -37,14 +36,6 @@ class AutoscaleBody(BaseModel):
     reason: str = Field(default="", max_length=500, description="why; kept in the audit trail")
 
 
-def _probe() -> QueueProbe:
-    ext = current_app.extensions
-    if "modeldeck_queue_probe" not in ext:
-        ext["modeldeck_queue_probe"] = QueueProbe(ext["modeldeck"].settings.broker_url)
-    probe: QueueProbe = ext["modeldeck_queue_probe"]
-    return probe
-
-
 def _check_replicas(field: str, value: int) -> None:
     limit = current_app.extensions["modeldeck"].settings.max_replicas_per_pool
     if value > limit:
@@ -61,7 +52,7 @@ def _check_name(pool: str) -> None:
 @api.route("", "GET", "operator", "List pools with queue depth, policy and workers (lost ones marked)")
 def list_runtimes() -> Response:
     ctx = current_app.extensions["modeldeck"]
-    return json_response(runtimes(ctx, _probe()))
+    return json_response(runtimes(ctx, queue_probe()))
 
 
 @api.route(POOL_RULE + "/scale", "PUT", "operator", "Set a pool's worker count (replaces its autoscale policy)", body=ScaleBody)
