@@ -32,12 +32,12 @@ class PoolLiveness:
         self._cache: tuple[float, dict[str, int]] = (0.0, {})
         self._lock = threading.Lock()
 
-    def live_counts(self) -> dict[str, int]:
-        """Return the number of live workers per pool."""
+    def live_counts(self, fresh: bool = False) -> dict[str, int]:
+        """Return the number of live workers per pool (at most a second old unless fresh)."""
         now = time.monotonic()
         with self._lock:
             stamp, counts = self._cache
-            if now - stamp < 1.0:
+            if now - stamp < 1.0 and not fresh:
                 return counts
         counts = {}
         for worker in workers_repo.live_workers(self.db, self.lost_after_s):

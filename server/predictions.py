@@ -10,7 +10,7 @@ from typing import Any
 
 from server.auth import Principal
 from server.context import Context
-from server.core import jobs_repo, models_repo
+from server.core import jobs_repo, models_repo, pools_repo
 from server.core.keys_repo import role_rank
 from server.core.errors import ForbiddenError, ModelFailedError, NotFoundError, UnavailableError
 from server.core.models_repo import VersionDoc
@@ -28,6 +28,7 @@ class PredictResult:
     version: int
     request_id: str
     timings: dict[str, float]
+    cold_start: bool = False  # the pool was scaled to zero and a worker was started for this request
 
 
 def resolve(ctx: Context, principal: Principal, name: str, ref: int | str | None) -> VersionDoc:
@@ -45,13 +46,35 @@ def task_spec(doc: VersionDoc) -> dict[str, Any]:
     }
 
 
-def check_pool(ctx: Context, doc: VersionDoc) -> None:
-    """Fail fast when no live worker serves the model's pool."""
+def check_pool(ctx: Context, doc: VersionDoc, wait: bool = False) -> bool:
+    """Fail fast when no live worker serves the model's pool; return whether a scaled-to-zero pool was woken.
+
+    A pool whose autoscale policy allows zero workers is woken instead: the controller is asked
+    for a worker and a synchronous caller waits for it, at most MODELDECK_COLD_START_TIMEOUT_S.
+    """
     pool = doc["pool"]
+    woken = False
     if ctx.liveness.live_counts().get(pool, 0) == 0:
-        hint = "start one with `modeldeck up` or scale the pool" if pool == "cpu" else f"start a worker with MODELDECK_WORKER_POOL={pool}"
-        raise UnavailableError(f"no worker is serving pool '{pool}' for model '{doc['name']}'; {hint}", {"pool": pool})
+        policy = (pools_repo.get_pool(ctx.db, pool) or {}).get("autoscale") or {}
+        if policy.get("min") == 0:
+            pools_repo.request_wake(ctx.db, pool)
+            if not wait:
+                return True  # a queued job waits in the pool's queue for the worker being started
+            deadline = time.monotonic() + ctx.settings.cold_start_timeout_s
+            while ctx.liveness.live_counts(fresh=True).get(pool, 0) == 0:
+                if time.monotonic() > deadline:
+                    raise UnavailableError(
+                        f"pool '{pool}' is scaled to zero and no worker started within "
+                        f"{ctx.settings.cold_start_timeout_s:g} s; check the controller (modeldeck logs controller)",
+                        {"pool": pool})
+                time.sleep(0.25)
+            woken = True
+        else:
+            hint = ("start one with `modeldeck up` or scale the pool" if pool == "cpu"
+                    else f"start a worker with MODELDECK_WORKER_POOL={pool}")
+            raise UnavailableError(f"no worker is serving pool '{pool}' for model '{doc['name']}'; {hint}", {"pool": pool})
     check_requirements(ctx, doc)
+    return woken
 
 
 @observed
@@ -60,9 +83,11 @@ def predict(ctx: Context, principal: Principal, name: str, inputs: Any, ref: int
     started = time.perf_counter()
     doc = resolve(ctx, principal, name, ref)
     rows = validate_rows(inputs, doc.get("input_schema"))
-    check_pool(ctx, doc)
+    cold_pool = check_pool(ctx, doc, wait=True)
     routed = time.perf_counter()
-    reply = ctx.router.call(doc["pool"], "runtime.predict", [task_spec(doc), rows], ctx.settings.predict_timeout_s, request_id)
+    # A worker started for this request still imports its libraries: allow it the cold-start budget.
+    timeout = max(ctx.settings.predict_timeout_s, ctx.settings.cold_start_timeout_s) if cold_pool else ctx.settings.predict_timeout_s
+    reply = ctx.router.call(doc["pool"], "runtime.predict", [task_spec(doc), rows], timeout, request_id)
     if reply["status"] != "SUCCESS":
         logger.error("request %s: task ended %s", request_id, reply["status"])
         raise ModelFailedError(f"model '{name}' version {doc['version']}: the worker could not run the task ({reply['status']})")
@@ -79,7 +104,7 @@ def predict(ctx: Context, principal: Principal, name: str, inputs: Any, ref: int
     }
     if ctx.metrics is not None:
         ctx.metrics.record_success(doc, rows, outcome, timings)
-    return PredictResult(outcome["predictions"], name, doc["version"], request_id, timings)
+    return PredictResult(outcome["predictions"], name, doc["version"], request_id, timings, cold_pool)
 
 
 def submit_job(ctx: Context, principal: Principal, name: str, inputs: Any, ref: int | str | None) -> dict[str, Any]:

@@ -112,3 +112,24 @@ def test_sigkilled_worker_loses_no_job_and_is_restarted(stack: Stack, tight_api:
     assert f"(pid {victim}) exited with code -9" in restart["details"]["event"]
     tight_api.put(f"/api/v1/runtimes/{pool}/scale", json={"replicas": 0, "reason": "test over"})
     time.sleep(0.1)
+
+
+def test_a_request_to_a_pool_scaled_to_zero_starts_a_worker_and_waits(stack: Stack, tight_api: Client,
+                                                                       controller: Proc, iris_skops: bytes, iris) -> None:  # type: ignore[no-untyped-def]
+    pool = unique("zero").replace("-", "_")
+    policy = {"min": 0, "max": 1, "target_backlog_per_worker": 4, "cooldown_s": 3, "reason": "idle most of the day"}
+    assert tight_api.put(f"/api/v1/runtimes/{pool}/autoscale", json=policy).status_code == 200
+    model = unique("sleepy")
+    assert tight_api.upload(model, iris_skops, pool=pool).status_code == 201
+    assert serving(tight_api, pool) == []
+    # tight_api's predict timeout is 2 s, but a cold start may take longer: the wait is bounded separately.
+    answer = tight_api.post(f"/api/v1/models/{model}/predict", json={"inputs": [iris[1][0].tolist()]}, timeout=90)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["cold_start"] is True
+    assert answer.json()["predictions"] == iris[0].predict(iris[1][:1]).tolist()
+    again = tight_api.post(f"/api/v1/models/{model}/predict", json={"inputs": [iris[1][0].tolist()]})
+    assert again.json()["cold_start"] is False
+    wait_for(lambda: not stack.db.workers.find_one({"pool": pool}), 60, "scale back to zero", controller.log)
+    moves = [(d["details"]["from"], d["details"]["to"]) for d in decisions(stack, pool)]
+    assert moves == [(0, 1), (1, 0)]
+    assert decisions(stack, pool)[0]["details"]["reason"].startswith("woken: a request is waiting")

@@ -83,6 +83,10 @@ class Controller:
                 return  # the broker is away: keep the pool as it is rather than guess
             decision = decide(policy, current, Load(depth.ready, busy), since)
             inputs.update(policy=dict(policy), since_change_s=round(since, 1))
+            woken_at = pool.get("wake_requested_at")
+            # A request waits on a pool scaled to zero: start one worker, and keep it through one cooldown.
+            if decision.replicas == 0 and woken_at and woken_at >= now_iso(-max(float(policy["cooldown_s"]), 10.0)):
+                decision = Decision(1, f"woken: a request is waiting since {woken_at}")
         else:
             decision = Decision(int(pool["replicas_desired"]), f"set by {pool.get('updated_by')}: {pool.get('reason') or 'no reason given'}")
         if decision.replicas > self.settings.max_replicas_per_pool:

@@ -51,6 +51,11 @@ def set_autoscale(db: Database, name: str, policy: AutoscalePolicy, by: str, rea
     return get_pool(db, name) or {"_id": name, **changes}  # type: ignore[return-value]
 
 
+def request_wake(db: Database, name: str) -> None:
+    """Ask the controller to start a worker for a pool scaled to zero (a request is waiting)."""
+    db.pools.update_one({"_id": name}, {"$set": {"wake_requested_at": now_iso()}})
+
+
 def record_controller_state(db: Database, name: str, state: dict[str, Any]) -> None:
     """Store what the controller runs and decided for a pool (replicas, last change time)."""
     db.pools.update_one({"_id": name}, {"$set": {"controller": {**state, "seen_at": now_iso()}}})

@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     gpu_pools: tuple[str, ...] = ("gpu",)
     scaler_backend: Literal["local", "kubernetes"] = "local"
     max_replicas_per_pool: int = Field(default=8, ge=1, le=1000)
+    cold_start_timeout_s: float = Field(default=60.0, gt=0)
     controller_interval_s: float = Field(default=1.0, gt=0)
     controller_stop_timeout_s: float = Field(default=12.0, gt=0)
     controller_restart_backoff_max_s: float = Field(default=30.0, gt=0)

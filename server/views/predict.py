@@ -41,5 +41,5 @@ def predict(name: str, body: PredictBody) -> Response:
     audit.maybe_record_prediction(name, result.version, len(result.predictions))
     return json_response({
         "predictions": result.predictions, "model": result.model, "version": result.version,
-        "request_id": result.request_id, "timings": result.timings,
+        "request_id": result.request_id, "timings": result.timings, "cold_start": result.cold_start,
     })
