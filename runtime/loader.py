@@ -92,17 +92,20 @@ def _onnx_runner(data: bytes) -> Callable[[list[list[Any]]], list[Any]]:
     return run
 
 
-def _torchscript_runner(data: bytes) -> Callable[[list[list[Any]]], list[Any]]:
+def _torchscript_runner(data: bytes, device: str) -> Callable[[list[list[Any]]], list[Any]]:
     try:
         import torch
     except ImportError as exc:
         raise ModelLoadError("torchscript models need torch, which this worker's environment lacks") from exc
-    module = torch.jit.load(io.BytesIO(data), map_location="cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        # A GPU pool's model is never run on the CPU behind the caller's back.
+        raise ModelLoadError("this worker serves a GPU pool but torch sees no CUDA device")
+    module = torch.jit.load(io.BytesIO(data), map_location=device)
     module.eval()
 
     def run(rows: list[list[Any]]) -> list[Any]:
         with torch.no_grad():
-            return _to_list(module(torch.tensor(rows, dtype=torch.float32)))
+            return _to_list(module(torch.tensor(rows, dtype=torch.float32, device=device)).cpu())
 
     return run
 
@@ -120,13 +123,13 @@ def preload_libraries() -> None:
                 pass
 
 
-def load_model(sha256: str, fmt: str, data: bytes, trusted_types: list[str]) -> LoadedModel:
-    """Load artifact bytes of a given format into a callable model."""
+def load_model(sha256: str, fmt: str, data: bytes, trusted_types: list[str], device: str = "cpu") -> LoadedModel:
+    """Load artifact bytes of a given format into a callable model (TorchScript onto `device`)."""
     with IMPORT_LOCK:
-        return _load_model(sha256, fmt, data, trusted_types)
+        return _load_model(sha256, fmt, data, trusted_types, device)
 
 
-def _load_model(sha256: str, fmt: str, data: bytes, trusted_types: list[str]) -> LoadedModel:
+def _load_model(sha256: str, fmt: str, data: bytes, trusted_types: list[str], device: str) -> LoadedModel:
     try:
         if fmt == "skops":
             import skops.io
@@ -143,7 +146,7 @@ def _load_model(sha256: str, fmt: str, data: bytes, trusted_types: list[str]) ->
 
             run = _sklearn_runner(pickle.loads(data))  # noqa: S301 - admitted only by an admin with pickle enabled
         elif fmt == "torchscript":
-            run = _torchscript_runner(data)
+            run = _torchscript_runner(data, device)
         else:
             raise ModelLoadError(f"unknown model format '{fmt}'")
     except ModelLoadError:

@@ -17,7 +17,8 @@ def run_prediction(state: WorkerState, spec: dict[str, Any], rows: list[list[Any
 
     def load() -> LoadedModel:
         data = get_artifact(state.db, spec["sha256"])
-        return load_model(spec["sha256"], spec["format"], data, spec.get("trusted_types") or [])
+        device = "cuda" if state.settings.worker_pool in state.settings.gpu_pools else "cpu"
+        return load_model(spec["sha256"], spec["format"], data, spec.get("trusted_types") or [], device)
 
     started = time.perf_counter()
     try:
