@@ -121,3 +121,11 @@ def test_queue_depths_come_from_rabbitmq_and_are_unknown_while_it_is_away(stack:
         probe.close()
     away = QueueProbe("amqp://guest:guest@127.0.0.1:1//")
     assert away.depths(["q"]) == {"q": None}
+
+
+def test_a_configured_pool_without_workers_is_not_ready_in_readyz(operator: Client) -> None:
+    pool = unique("empty").replace("-", "_")
+    assert operator.put(f"/api/v1/runtimes/{pool}/scale", json={"replicas": 0}).status_code == 200
+    checks = Client(operator.base, None).get("/readyz").json()["checks"]
+    assert checks["pools"][pool] == {"workers": 0, "ok": False}
+    assert checks["pools"]["cpu"]["ok"] is True

@@ -6,6 +6,7 @@ from flask import Response, current_app
 
 from server.api import Api, json_response
 from server.auth import ANYONE
+from server.core import pools_repo
 
 api = Api("health")
 
@@ -18,12 +19,15 @@ def readiness() -> tuple[bool, dict[str, object]]:
         ctx.db.command("ping")
         checks["repository"] = {"ok": True}
         counts = ctx.liveness.live_counts()
+        # Pools an operator configured are listed even with no live worker: they are not ready.
+        configured = [p["_id"] for p in pools_repo.list_pools(ctx.db)]
     except Exception as exc:  # any repository failure makes us not ready
         checks["repository"] = {"ok": False, "error": type(exc).__name__}
-        counts = {}
+        counts, configured = {}, []
     default = ctx.settings.worker_pool
     pools = {p: {"workers": n, "ok": n > 0} for p, n in sorted(counts.items())}
-    pools.setdefault(default, {"workers": 0, "ok": False})
+    for name in [default, *configured]:
+        pools.setdefault(name, {"workers": 0, "ok": False})
     checks["pools"] = pools
     ready = bool(checks["broker"]["ok"] and checks["repository"]["ok"] and pools[default]["ok"])  # type: ignore[index]
     return ready, checks
