@@ -5,6 +5,14 @@ from __future__ import annotations
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+FIELD_DOCS: dict[str, str] = {
+    'api_url': "The Service API the console talks to (REST only).",
+    'host': "Address the console binds.",
+    'port': "Port of the console.",
+    'timeout_s': "How long the console waits for one API call (large uploads).",
+}
+
+
 class ConsoleSettings(BaseSettings):
     """Where the API is; read once per console process from MODELDECK_CONSOLE_* variables."""
 
