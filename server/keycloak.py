@@ -42,7 +42,7 @@ class TokenVerifier:
 
     def __init__(self, settings: Settings) -> None:
         base = settings.keycloak_url.rstrip("/")
-        self.issuer = f"{base}/realms/{settings.keycloak_realm}"
+        self.issuer = settings.keycloak_issuer or f"{base}/realms/{settings.keycloak_realm}"
         self.audience = settings.keycloak_audience
         self.leeway = settings.keycloak_leeway_s
         self.role_map = settings.keycloak_role_map

@@ -113,3 +113,15 @@ def test_bad_token_is_401_with_a_reason_and_an_audit_entry(kc_url: str, oidc: An
     assert resp.json()["error"]["message"] == message
     entry = stack.db.audit.find_one({"request_id": rid})
     assert entry is not None and entry["outcome"] == "denied" and entry["details"]["reason"] == message
+
+
+def test_a_public_issuer_can_differ_from_the_url_keys_are_fetched_from(stack: Stack, worker: Proc, oidc: Any) -> None:
+    # As in compose: browsers sign in at a public URL, the API fetches keys inside the network.
+    public = "https://sso.example.com/realms/modeldeck"
+    proc, url = start_api(stack, MODELDECK_KEYCLOAK_URL=oidc.url, MODELDECK_KEYCLOAK_ISSUER=public)
+    try:
+        assert bearer(url, oidc.mint("alice", iss=public)).get("/api/v1/me").json()["role"] == "admin"
+        resp = bearer(url, oidc.password_token("alice")).get("/api/v1/me")
+        assert (resp.status_code, resp.json()["error"]["message"]) == (401, "invalid token: wrong issuer")
+    finally:
+        proc.stop()

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from conftest import ROOT, Client, Stack, start_worker, unique, wait_for
+from conftest import ROOT, Client, Proc, Stack, start_worker, unique, wait_for
 from runtime.controller.autoscaler import Load, decide
 from runtime.environment import detect_gpus
 from server.core.pools_repo import AutoscalePolicy
@@ -129,3 +129,13 @@ def test_a_configured_pool_without_workers_is_not_ready_in_readyz(operator: Clie
     checks = Client(operator.base, None).get("/readyz").json()["checks"]
     assert checks["pools"][pool] == {"workers": 0, "ok": False}
     assert checks["pools"]["cpu"]["ok"] is True
+
+
+def test_container_probe_reports_this_hosts_worker(stack: Stack, worker: Proc) -> None:
+    """python -m runtime.probe is the compose and Kubernetes health check of a worker container."""
+    ok = subprocess.run([sys.executable, "-m", "runtime.probe"], env=stack.env, cwd=ROOT, capture_output=True, text=True,
+                        timeout=60)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    none = subprocess.run([sys.executable, "-m", "runtime.probe"], env={**stack.env, "MODELDECK_WORKER_POOL": "nobody_here"},
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert none.returncode == 1 and "no fresh heartbeat from a nobody_here worker" in none.stdout

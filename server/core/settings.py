@@ -60,6 +60,7 @@ class Settings(BaseSettings):
     job_result_ttl_s: int = Field(default=86400, ge=60)
     keycloak_url: str = ""
     keycloak_realm: str = "modeldeck"
+    keycloak_issuer: str = ""
     keycloak_client_id: str = "modeldeck-api"
     keycloak_audience: str = "modeldeck-api"
     keycloak_leeway_s: int = Field(default=30, ge=0, le=300)

@@ -37,6 +37,7 @@ FIELD_DOCS: dict[str, str] = {
     'kubernetes_deployment_prefix': "Kubernetes backend: pool `cpu` is served by Deployment `worker-cpu`.",
     'job_result_ttl_s': "How long an async job's result is kept.",
     'keycloak_url': "Keycloak base URL (e.g. `https://sso.example.com`); empty: API keys only.",
+    'keycloak_issuer': "Required `iss` of tokens when Keycloak's public URL differs from `MODELDECK_KEYCLOAK_URL` (e.g. in compose: the browser signs in at `http://localhost:8080`, the API fetches keys from `http://keycloak:8080`). Empty: `<MODELDECK_KEYCLOAK_URL>/realms/<realm>`.",
     'keycloak_realm': "Realm whose tokens are accepted.",
     'keycloak_client_id': "The API's client id in the realm.",
     'keycloak_audience': "Required `aud` of access tokens.",
