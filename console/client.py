@@ -88,3 +88,15 @@ def client() -> ApiClient:
 def show_error(exc: ApiError) -> None:
     """Show the server's message word for word."""
     st.error(exc.message)
+
+
+def get_or_stop(path: str, feature: str, **params: Any) -> Any:
+    """GET a page's data; when this server lacks the endpoint say so honestly, on other errors show them; then stop."""
+    try:
+        return client().get(path, **params)
+    except ApiError as exc:
+        if exc.status in (404, 405):
+            st.info(f"{feature} are not available on this server yet (it has no {path}).")
+        else:
+            show_error(exc)
+        st.stop()

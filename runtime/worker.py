@@ -14,7 +14,7 @@ from runtime.environment import detect_gpus
 from runtime.heartbeat import Heartbeat
 from runtime.loader import preload_libraries
 from runtime.state import init_state
-from server.core.settings import SettingsError, load_settings
+from server.core.settings import settings_or_exit
 
 logger = logging.getLogger(__name__)
 
@@ -26,11 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
     # "Task received" lines cost ~8% of a warm prediction's worker time and say nothing useful per request.
     logging.getLogger("celery.worker.strategy").setLevel(logging.WARNING)
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+    settings = settings_or_exit()
     if settings.worker_pool in settings.gpu_pools and not detect_gpus():
         print(f"pool '{settings.worker_pool}' needs an NVIDIA GPU and NVML finds none on this machine; "
               "refusing to start, so GPU models never run on CPU. Run this worker on a GPU host (with the NVIDIA "

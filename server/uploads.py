@@ -13,7 +13,7 @@ from server.auth import Principal
 from server.core import models_repo
 from server.core.artifacts import put_artifact
 from server.core.errors import ForbiddenError, InvalidInputError, UnprocessableError
-from server.core.formats import FORMATS, PICKLE_FORMATS, check_artifact
+from server.core.formats import PICKLE_FORMATS, check_artifact
 from server.core.keys_repo import role_rank
 from server.core.models_repo import FieldSpec, VersionDoc
 from server.core.settings import Settings

@@ -8,19 +8,12 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from console.client import ApiError, client, show_error
+from console.client import ApiError, client, get_or_stop
 
 st.title("Monitoring")
 api = client()
 window = st.selectbox("Window", ["1h", "6h", "24h", "7d"], index=1)
-try:
-    overview = api.get("/api/v1/monitoring/overview", window=window)
-except ApiError as exc:
-    if exc.status in (404, 405):
-        st.info("Monitoring is not available on this server yet (it has no /api/v1/monitoring endpoints).")
-        st.stop()
-    show_error(exc)
-    st.stop()
+overview = get_or_stop("/api/v1/monitoring/overview", "Monitoring charts", window=window)
 
 c = st.columns(5)
 c[0].metric("Requests", overview["requests"])

@@ -4,18 +4,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from console.client import ApiError, client, show_error
+from console.client import ApiError, client, get_or_stop, show_error
 
 st.title("Runtimes")
 api = client()
-try:
-    data = api.get("/api/v1/runtimes")
-except ApiError as exc:
-    if exc.status in (404, 405):
-        st.info("Runtime pools are not available on this server yet (it has no /api/v1/runtimes).")
-        st.stop()
-    show_error(exc)
-    st.stop()
+data = get_or_stop("/api/v1/runtimes", "Runtime pools")
 
 for pool in data["pools"]:
     st.subheader(f"Pool {pool['name']}")

@@ -6,7 +6,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 import threading
 import time
 from typing import Any
@@ -20,7 +19,7 @@ from server.core import audit_repo, pools_repo, workers_repo
 from server.core.clock import now_iso
 from server.core.db import connect, ensure_indexes
 from server.core.queues import QueueProbe
-from server.core.settings import Settings, SettingsError, load_settings
+from server.core.settings import Settings, settings_or_exit
 
 logger = logging.getLogger(__name__)
 
@@ -142,11 +141,7 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # A passive declare of a queue no worker declared yet is expected; pika logs each as a warning.
     logging.getLogger("pika").setLevel(logging.ERROR)
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+    settings = settings_or_exit()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -123,6 +123,17 @@ class Settings(BaseSettings):
         return self.max_upload_mb * 1024 * 1024
 
 
+def settings_or_exit() -> Settings:
+    """Read settings for a process entry point; print the bad variable and exit with status 2."""
+    import sys
+
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        print(exc, file=sys.stderr)
+        raise SystemExit(2) from exc
+
+
 def load_settings() -> Settings:
     """Read settings from the environment, naming the bad variable when one is invalid."""
     try:
