@@ -6,7 +6,7 @@ import json
 import logging
 from typing import IO, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
 from server.api import parse_model
 from server.auth import Principal
@@ -42,6 +42,14 @@ class MonitoringPolicy(BaseModel):
     alert_min_requests: int | None = Field(default=None, ge=1)
     drift_psi_warn: float | None = Field(default=None, gt=0)
     drift_psi_alert: float | None = Field(default=None, gt=0)
+
+    @field_validator("drift_psi_alert")
+    @classmethod
+    def _alert_above_warn(cls, value: float | None, info: ValidationInfo) -> float | None:
+        warn = info.data.get("drift_psi_warn")
+        if value is not None and warn is not None and value <= warn:
+            raise ValueError(f"must be above drift_psi_warn ({warn})")
+        return value
 
 
 class UploadMetadata(BaseModel):

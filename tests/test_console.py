@@ -105,6 +105,30 @@ def test_operator_promotes_and_rolls_back_with_confirmation(console, operator: C
     assert operator.get(f"/api/v1/models/{iris_model}").json()["aliases"] == {"production": 1}
 
 
+def test_operator_sets_a_versions_monitoring_policy(console, operator: Client, iris_model: str) -> None:  # type: ignore[no-untyped-def]
+    at = go(console(operator), "models")
+    next(s for s in at.selectbox if s.label == "Model").select(iris_model)
+    at.run()
+    next(s for s in at.selectbox if s.key == "policy_version").select(2)
+    at.run()
+    next(s for s in at.slider if s.label == "Log this share of predictions").set_value(0.25)
+    next(n for n in at.number_input if n.label == "Alert: p99 above (ms)").set_value(250.0)
+    next(n for n in at.number_input if n.label == "Drift PSI: warn at").set_value(0.5)
+    next(n for n in at.number_input if n.label == "Drift PSI: alert at").set_value(0.2)
+    next(b for b in at.button if b.label == "Save policy").click()
+    at.run()
+    # The server's refusal is shown word for word and nothing is saved.
+    assert [e.value for e in at.error] == ["field 'drift_psi_alert': Value error, must be above drift_psi_warn (0.5), got 0.2"]
+    assert operator.get(f"/api/v1/models/{iris_model}/versions/2").json()["monitoring"] is None
+    next(n for n in at.number_input if n.label == "Drift PSI: alert at").set_value(0.9)
+    next(b for b in at.button if b.label == "Save policy").click()
+    at.run()
+    assert at.success[0].value == "monitoring policy of version 2 saved"
+    policy = operator.get(f"/api/v1/models/{iris_model}/versions/2").json()["monitoring"]
+    assert (policy["log_sample_rate"], policy["p99_alert_ms"], policy["drift_psi_warn"], policy["drift_psi_alert"],
+            policy["error_rate_alert"]) == (0.25, 250.0, 0.5, 0.9, None)
+
+
 def test_admin_creates_a_key_and_sees_it_once(console, admin: Client) -> None:  # type: ignore[no-untyped-def]
     at = go(console(admin), "keys")
     name = unique("console-key")

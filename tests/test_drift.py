@@ -110,6 +110,55 @@ def test_per_model_thresholds_apply(drift_api: Client) -> None:
     assert body["status"] == "warn"
 
 
+def test_logging_and_thresholds_changed_after_upload_apply_and_are_audited(drift_api: Client, make_client: Any) -> None:
+    rng = random.Random(13)
+    name = unique("retune")
+    resp = drift_api.upload(name, pickle.dumps(SlowModel(0.0)), fmt="pickle", filename="m.pkl",
+                            reference=reference_csv(rng))
+    assert resp.status_code == 201, resp.text
+    assert resp.json()["monitoring"] is None
+    send(drift_api, name, draw(rng, 100, shift=False))
+    policy = {"log_sample_rate": 1.0, "drift_psi_warn": 0.0001, "drift_psi_alert": 50}
+    resp = drift_api.put(f"/api/v1/models/{name}/versions/1/monitoring", json=policy)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["monitoring"] == {**policy, "log_outputs": False, "error_rate_alert": None, "p99_alert_ms": None,
+                                         "alert_min_requests": None}
+    # Every API process logs from now on: the 100 rows sent before the change were not logged.
+    send(drift_api, name, draw(rng, 200, shift=False))
+    body = drift_when(drift_api, name, 200)
+    assert body["rows"] == 200
+    assert body["thresholds"] == {"psi_warn": 0.0001, "psi_alert": 50}
+    assert body["status"] == "warn"
+    [entry] = drift_api.get("/api/v1/audit", params={"action": "model.monitoring", "target": f"{name}:1"}).json()["entries"]
+    assert entry["details"]["old"] is None and entry["details"]["new"]["log_sample_rate"] == 1.0
+    assert drift_api.get(f"/api/v1/models/{name}/versions/1").json()["monitoring"]["drift_psi_warn"] == 0.0001
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"log_sample_rate": 2}, "log_sample_rate"),
+    ({"drift_psi_warn": 0.5, "drift_psi_alert": 0.2}, "field 'drift_psi_alert': Value error, must be above drift_psi_warn (0.5), got 0.2"),
+    ({"p99_alert_ms": 10, "paging": True}, "paging"),
+])
+def test_bad_monitoring_policies_are_refused_and_change_nothing(drift_api: Client, body: dict[str, Any],
+                                                                message: str) -> None:
+    name = unique("badpolicy")
+    rng = random.Random(1)
+    upload(drift_api, name, rng)
+    resp = drift_api.put(f"/api/v1/models/{name}/versions/1/monitoring", json=body)
+    assert resp.status_code == 400, resp.text
+    assert message in resp.json()["error"]["message"]
+    assert drift_api.get(f"/api/v1/models/{name}/versions/1").json()["monitoring"]["log_sample_rate"] == 1.0
+    assert drift_api.get("/api/v1/audit", params={"action": "model.monitoring", "target": f"{name}:1"}).json()["entries"] == []
+
+
+def test_changing_a_monitoring_policy_needs_an_operator(drift_api: Client, make_client: Any) -> None:
+    name = unique("policyrole")
+    upload(drift_api, name, random.Random(2))
+    analyst = make_client("analyst")
+    assert analyst.put(f"/api/v1/models/{name}/versions/1/monitoring", json={}).status_code == 403
+    assert drift_api.put(f"/api/v1/models/{name}/versions/9/monitoring", json={}).status_code == 404
+
+
 def test_drift_needs_enough_logged_rows(drift_api: Client) -> None:
     rng = random.Random(5)
     name = unique("few")

@@ -87,3 +87,25 @@ with right.form("archive"):
                 st.success(f"version {victim} archived")
             except ApiError as exc:
                 show_error(exc)
+
+with st.form("monitoring"):
+    st.markdown("**Monitoring policy**: prediction logging and alert thresholds (empty = server default or off)")
+    by_version = {v["version"]: v for v in model["versions"]}
+    which = st.selectbox("Version", list(reversed(live)), key="policy_version")
+    current = (by_version[which].get("monitoring") if which in by_version else None) or {}
+    c1, c2, c3 = st.columns(3)
+    rate = c1.slider("Log this share of predictions", 0.0, 1.0, float(current.get("log_sample_rate") or 0.0), 0.01)
+    outputs = c1.checkbox("Log outputs too", value=bool(current.get("log_outputs")))
+    error_rate = c2.number_input("Alert: error rate above", 0.0, 1.0, current.get("error_rate_alert"), 0.01)
+    p99 = c2.number_input("Alert: p99 above (ms)", 0.001, None, current.get("p99_alert_ms"))
+    min_requests = c2.number_input("... with at least this many requests", 1, None, current.get("alert_min_requests"))
+    psi_warn = c3.number_input("Drift PSI: warn at", 0.0001, None, current.get("drift_psi_warn"), format="%.4f")
+    psi_alert = c3.number_input("Drift PSI: alert at", 0.0001, None, current.get("drift_psi_alert"), format="%.4f")
+    if st.form_submit_button("Save policy"):
+        policy = {"log_sample_rate": rate, "log_outputs": outputs, "error_rate_alert": error_rate, "p99_alert_ms": p99,
+                  "alert_min_requests": min_requests, "drift_psi_warn": psi_warn, "drift_psi_alert": psi_alert}
+        try:
+            api.put(f"/api/v1/models/{selected}/versions/{which}/monitoring", policy)
+            st.success(f"monitoring policy of version {which} saved")
+        except ApiError as exc:
+            show_error(exc)

@@ -130,6 +130,15 @@ def set_alias(db: Database, name: str, alias: str, version: int) -> tuple[int | 
     return before, get_model(db, name).get("aliases", {})
 
 
+def set_monitoring(db: Database, name: str, version: int, policy: dict[str, Any]) -> tuple[dict[str, Any] | None, VersionDoc]:
+    """Replace a version's monitoring policy (logging and thresholds); return the old policy and the version."""
+    doc = get_version(db, name, version)
+    old = doc.get("monitoring")
+    db.versions.update_one({"_id": doc["_id"]}, {"$set": {"monitoring": policy}})
+    doc["monitoring"] = policy
+    return old, doc
+
+
 def archive_version(db: Database, name: str, version: int) -> VersionDoc:
     """Archive a version no alias points at."""
     doc = get_version(db, name, version)

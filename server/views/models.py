@@ -14,7 +14,7 @@ from server.core import models_repo
 from server.core.artifacts import iter_artifact
 from server.core.errors import InvalidInputError, NotFoundError
 from server.core.models_repo import ALIAS_RE
-from server.uploads import UploadMetadata, upload_model
+from server.uploads import MonitoringPolicy, UploadMetadata, upload_model
 
 api = Api("models", "/api/v1/models")
 
@@ -43,6 +43,7 @@ def version_view(doc: Any) -> dict[str, Any]:
         "requirements": doc.get("requirements", []), "reference": summary, "filename": doc.get("filename"),
         "created_at": doc["created_at"], "created_by": doc.get("created_by"),
         "status": "archived" if doc.get("archived") else "active",
+        "monitoring": doc.get("monitoring"),
     }
 
 
@@ -134,6 +135,16 @@ def set_alias(name: str, alias: str, body: AliasBody) -> Response:
     _ctx().changed("model", name)
     audit.record("model.alias", name, details={"alias": alias, "old_version": old, "new_version": body.version})
     return json_response({"name": name, "alias": alias, "version": body.version, "aliases": aliases})
+
+
+@api.route("/<name>/versions/<int:version>/monitoring", "PUT", "operator",
+           "Replace a version's prediction logging and alert thresholds", body=MonitoringPolicy)
+def set_monitoring(name: str, version: int, body: MonitoringPolicy) -> Response:
+    _scope(name)
+    old, doc = models_repo.set_monitoring(_ctx().db, name, version, body.model_dump())
+    _ctx().changed("model", name)
+    audit.record("model.monitoring", f"{name}:{version}", details={"old": old, "new": doc["monitoring"]})
+    return json_response(version_view(doc))
 
 
 @api.route("/<name>/versions/<int:version>", "DELETE", "admin", "Archive a version no alias points at")
