@@ -14,10 +14,12 @@ import requests
 
 from server.core import metrics_repo, models_repo
 from server.core.clock import to_iso
+from server.core.queues import QueueProbe
 from server.core.settings import Settings
 from server.drift import drift_report
 from server.metrics import MetricsRecorder
 from server.monitoring import alert_view, merge, rollup, summarize
+from server.runtimes import pool_snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -95,16 +97,29 @@ class Housekeeper:
         self.settings = settings
         self._last_alerts = time.monotonic()
         self._last_rollup = 0.0
+        self._last_sample = 0.0
+        self._probe: QueueProbe | None = None
 
     def __call__(self, recorder: MetricsRecorder) -> None:
-        """Check alerts and roll up when their interval has passed."""
+        """Check alerts, sample the pools and roll up when their interval has passed."""
         now = time.monotonic()
+        if now - self._last_sample >= self.settings.pool_sample_interval_s:
+            self._last_sample = now
+            self.sample_pools(recorder.db)
         if now - self._last_alerts >= self.settings.alert_interval_s:
             self._last_alerts = now
             check_alerts(recorder.db, self.settings, recorder.take_seen())
         if now - self._last_rollup >= self.settings.metrics_rollup_interval_s:
             self._last_rollup = now
             rollup(recorder.db, self.settings)
+
+    def sample_pools(self, db: Any) -> None:
+        """Record every pool's workers and queue depth, at a time rounded to the sampling interval."""
+        if self._probe is None:
+            self._probe = QueueProbe(self.settings.broker_url)
+        step = self.settings.pool_sample_interval_s
+        t = int(time.time() // step * step)
+        metrics_repo.record_pool_samples(db, t, pool_snapshot(db, self.settings, self._probe))
 
 
 def check_drift_alert(db: Any, settings: Settings, model: str, version: int, now: float | None = None) -> dict[str, Any] | None:

@@ -141,4 +141,18 @@ def rollup(db: Any, settings: Settings, now: float | None = None) -> dict[str, i
             break
     hours = metrics_repo.delete_before(db, metrics_repo.HOUR, now - settings.metrics_hourly_retention_days * 86400)
     logs = metrics_repo.delete_before(db, metrics_repo.LOGS, now - settings.prediction_log_retention_days * 86400)
-    return {"minutes_folded": folded, "hours_expired": hours, "logs_expired": logs}
+    samples = metrics_repo.delete_before(db, metrics_repo.POOLS, cutoff)
+    return {"minutes_folded": folded, "hours_expired": hours, "logs_expired": logs, "pool_samples_expired": samples}
+
+
+def pool_series(db: Any, since: int, until: int) -> dict[str, Any]:
+    """Return each pool's workers (live, busy) and queue depth over time, as sampled by the API processes."""
+    pools: dict[str, list[dict[str, Any]]] = {}
+    for doc in metrics_repo.find_pool_samples(db, since, until):
+        pools.setdefault(doc["pool"], []).append({
+            "time": _iso(doc["t"]), "t": doc["t"], "workers": doc["workers"], "busy": doc["busy"], "queue_depth": doc["queue_depth"]})
+    return {"since": _iso(since), "until": _iso(until), "pools": [{"name": n, "points": pools[n]} for n in sorted(pools)]}
+
+
+def _iso(t: float) -> str:
+    return to_iso(dt.datetime.fromtimestamp(t, dt.timezone.utc))

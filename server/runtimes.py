@@ -56,6 +56,20 @@ def runtimes(ctx: Context, probe: QueueProbe) -> dict[str, Any]:
     return {"pools": [pool_view(n, pools.get(n), by_pool.get(n, []), depths[ctx.settings.queue_name(n)]) for n in names]}
 
 
+def pool_snapshot(db: Any, settings: Any, probe: QueueProbe) -> list[dict[str, Any]]:
+    """Return each known pool's live and busy workers and its queue depth now (None while the broker is away)."""
+    live = workers_repo.live_workers(db, settings.worker_lost_after_s)
+    names = sorted({p["_id"] for p in pools_repo.list_pools(db)} | {w["pool"] for w in live} | {settings.worker_pool})
+    depths = probe.depths([settings.queue_name(n) for n in names])
+    out = []
+    for name in names:
+        mine = [w for w in live if w["pool"] == name]
+        depth = depths.get(settings.queue_name(name))
+        out.append({"pool": name, "workers": len(mine), "busy": sum(1 for w in mine if w.get("state") == "busy"),
+                    "queue_depth": depth.ready if depth is not None else None})
+    return out
+
+
 def check_policy(policy: AutoscalePolicy) -> None:
     """Refuse a policy whose bounds contradict each other."""
     if policy["min"] > policy["max"]:

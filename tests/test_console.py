@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
@@ -152,6 +155,13 @@ def test_audit_page_filters_and_verifies(console, admin: Client, iris_model: str
     assert at.success[0].value.startswith("Chain intact: ")
 
 
+def plotted(values: Any) -> list[Any]:
+    """Return a plotly trace's values: a list, or plotly's base64 typed array."""
+    if isinstance(values, dict):
+        return np.frombuffer(base64.b64decode(values["bdata"]), dtype=values["dtype"]).tolist()
+    return list(values)
+
+
 def test_monitoring_page_draws_the_apis_numbers(console, make_client, iris_model: str, stack, iris) -> None:  # type: ignore[no-untyped-def]
     analyst = make_client("analyst")
     for _ in range(5):
@@ -165,9 +175,15 @@ def test_monitoring_page_draws_the_apis_numbers(console, make_client, iris_model
     overview = analyst.get("/api/v1/monitoring/overview", params={"window": "6h"}).json()
     at = go(console(analyst), "monitoring")
     assert at.metric[0].label == "Requests" and int(at.metric[0].value) >= overview["requests"]
+    charts = {json.loads(c.proto.spec)["layout"]["title"]["text"]: json.loads(c.proto.spec) for c in at.get("plotly_chart")}
+    pools = analyst.get("/api/v1/monitoring/pools", params={"since": int(time.time()) - 21600}).json()["pools"]
+    cpu = next(p["points"] for p in pools if p["name"] == "cpu")
+    drawn = next(trace for trace in charts["Live workers over time"]["data"] if trace["name"] == "cpu")
+    assert plotted(drawn["y"])[:len(cpu)] == [p["workers"] for p in cpu] and cpu[0]["workers"] >= 1
+    assert "Queue depth over time" in charts
     next(s for s in at.selectbox if s.label == "Model").select(iris_model)
     at.run()
-    assert not at.exception and len(at.get("plotly_chart")) >= 2
+    assert not at.exception and len(at.get("plotly_chart")) >= 4
 
 
 def test_operator_sees_workers_and_scales_a_pool(console, operator: Client, stack) -> None:  # type: ignore[no-untyped-def]

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import pika
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
@@ -62,7 +63,8 @@ def mon(stack: Stack, worker: Proc, admin_key: str, hook: Hook) -> Iterator[Clie
     prom = stack.tmp / f"prometheus-{port}"
     prom.mkdir()
     env = {**stack.env, "MODELDECK_ALLOW_PICKLE": "true", "MODELDECK_METRICS_FLUSH_INTERVAL_S": "0.3",
-           "MODELDECK_ALERT_INTERVAL_S": "0.3", "MODELDECK_ALERT_MIN_REQUESTS": "5", "PROMETHEUS_MULTIPROC_DIR": str(prom),
+           "MODELDECK_ALERT_INTERVAL_S": "0.3", "MODELDECK_ALERT_MIN_REQUESTS": "5",
+           "MODELDECK_POOL_SAMPLE_INTERVAL_S": "1", "PROMETHEUS_MULTIPROC_DIR": str(prom),
            "MODELDECK_ALERT_WEBHOOK_URL": hook.url, "MODELDECK_ALERT_WEBHOOK_SECRET": WEBHOOK_SECRET}
     log = stack.tmp / f"api-mon-{port}.log"
     proc = Proc([sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "2", "--threads", "8",
@@ -229,6 +231,45 @@ def test_series_of_an_unknown_model_is_not_found(mon: Client) -> None:
     resp = mon.get("/api/v1/monitoring/models/no-such-model")
     assert resp.status_code == 404
     assert resp.json()["error"]["message"] == "model 'no-such-model' does not exist"
+
+
+def test_pool_workers_and_queue_depth_are_recorded_over_time(stack: Stack, mon: Client) -> None:
+    pool = unique("backlog").replace("-", "_")
+    assert mon.put(f"/api/v1/runtimes/{pool}/scale", json={"replicas": 0, "reason": "test"}).status_code == 200
+    queue = stack.settings.queue_name(pool)
+    params = pika.URLParameters(stack.settings.broker_url)
+    params.virtual_host = params.virtual_host or "/"  # Celery's "amqp://host//" is the default vhost
+    conn = pika.BlockingConnection(params)
+    channel = conn.channel()
+    channel.queue_declare(queue, durable=True)
+    for i in range(3):
+        channel.basic_publish("", queue, f"waiting {i}".encode())
+    started = int(time.time())
+    series: dict[str, Any] = {}
+
+    def sampled(depth: int) -> Any:
+        def check() -> bool:
+            nonlocal series
+            resp = mon.get("/api/v1/monitoring/pools", params={"since": started - 1})
+            assert resp.status_code == 200, resp.text
+            series = {p["name"]: p["points"] for p in resp.json()["pools"]}
+            return any(p["queue_depth"] == depth for p in series.get(pool, []))
+        return check
+
+    try:
+        wait_for(sampled(3), 15, "a sample with the backlog")
+        channel.queue_purge(queue)
+        purged_at = time.time()
+        wait_for(sampled(0), 15, "a sample after the purge")
+    finally:
+        channel.queue_delete(queue)
+        conn.close()
+    points = series[pool]
+    assert all(p["workers"] == 0 and p["busy"] == 0 for p in points)
+    assert [p["queue_depth"] for p in points if p["t"] < purged_at - 1] == [3] * len([p for p in points if p["t"] < purged_at - 1])
+    assert [p["t"] for p in points] == sorted(p["t"] for p in points)
+    live = [w for w in mon.get("/api/v1/runtimes").json()["pools"] if w["name"] == "cpu"][0]["live_workers"]
+    assert series["cpu"][-1]["workers"] == live >= 1
 
 
 def test_old_minute_buckets_roll_up_into_hours(stack: Stack, mon: Client, traffic: dict[str, str]) -> None:

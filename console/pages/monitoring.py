@@ -29,6 +29,18 @@ if overview["busiest_models"]:
 if overview.get("pools"):
     st.subheader("Pools")
     st.dataframe(overview["pools"], hide_index=True, width="stretch")
+seconds = {"1h": 3600, "6h": 21600, "24h": 86400, "7d": 604800}[window]
+pool_series = api.get("/api/v1/monitoring/pools", since=int(time.time()) - seconds, until=int(time.time()) + 60)
+samples = [{"time": p["time"], "pool": pool["name"], "workers": p["workers"], "busy": p["busy"],
+            "queue depth": p["queue_depth"]} for pool in pool_series["pools"] for p in pool["points"]]
+if samples:
+    frame = pd.DataFrame(samples)
+    frame["time"] = pd.to_datetime(frame["time"])
+    left, right = st.columns(2)
+    left.plotly_chart(px.line(frame, x="time", y="queue depth", color="pool", title="Queue depth over time"),
+                      width="stretch")
+    right.plotly_chart(px.line(frame, x="time", y="workers", color="pool", title="Live workers over time"),
+                       width="stretch")
 if overview.get("recent_alerts"):
     st.subheader("Recent alerts")
     st.dataframe(overview["recent_alerts"], hide_index=True, width="stretch")
@@ -38,7 +50,6 @@ if not names:
     st.info("No predictions in this window yet.")
     st.stop()
 name = st.selectbox("Model", names)
-seconds = {"1h": 3600, "6h": 21600, "24h": 86400, "7d": 604800}[window]
 series = api.get(f"/api/v1/monitoring/models/{name}", since=int(time.time()) - seconds, until=int(time.time()) + 60)
 points = series["points"]
 if points:

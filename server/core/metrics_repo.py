@@ -18,6 +18,7 @@ MINUTE = "metrics_minute"
 HOUR = "metrics_hourly"
 LOGS = "prediction_logs"
 ALERTS = "alerts"
+POOLS = "pool_samples"
 _KEY_FIELDS = ("model", "version", "pool", "t")
 
 
@@ -29,6 +30,7 @@ def ensure_metrics_indexes(db: Database) -> None:
     db[LOGS].create_index([("model", ASCENDING), ("version", ASCENDING), ("t", ASCENDING)], name="logs_by_model_t")
     db[LOGS].create_index([("t", ASCENDING)], name="logs_by_t")
     db[ALERTS].create_index([("t", ASCENDING)], name="alerts_by_t")
+    db[POOLS].create_index([("t", ASCENDING)], name="pool_samples_by_t")
 
 
 def bucket_id(model: str, version: int, t: int) -> str:
@@ -96,3 +98,14 @@ def find_alerts(db: Database, since: float, model: str | None, limit: int) -> li
     if model:
         query["model"] = model
     return list(db[ALERTS].find(query).sort("t", -1).limit(limit))
+
+
+def record_pool_samples(db: Database, t: int, samples: list[dict[str, Any]]) -> None:
+    """Store each pool's workers and queue depth at one sampling instant; a second process's sample replaces it."""
+    for sample in samples:
+        db[POOLS].update_one({"_id": f"{sample['pool']}|{t}"}, {"$set": {**sample, "t": t}}, upsert=True)
+
+
+def find_pool_samples(db: Database, since: int, until: int) -> list[dict[str, Any]]:
+    """Return pool samples whose time lies in [since, until), oldest first."""
+    return list(db[POOLS].find({"t": {"$gte": since, "$lt": until}}, {"_id": 0}).sort("t", 1))

@@ -43,6 +43,13 @@ class SeriesQuery(BaseModel):
     step: int | None = Field(default=None, description="60 (minute) or 3600 (hour); default by range")
 
 
+class RangeQuery(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    since: str | None = Field(default=None, description="ISO-8601 or epoch seconds; default one hour ago")
+    until: str | None = Field(default=None, description="ISO-8601 or epoch seconds; default now")
+
+
 class WindowQuery(BaseModel):
     model_config = {"extra": "forbid"}
 
@@ -77,6 +84,16 @@ def model_series(name: str, query: SeriesQuery) -> Response:
     since = monitoring.parse_time(query.since, now - 3600, "since")
     models_repo.get_model(_ctx().db, name)
     return json_response(monitoring.model_series(_ctx().db, name, since, until, query.version, query.step))
+
+
+@api.route("/pools", "GET", "analyst", "Each pool's live and busy workers and queue depth over time", query=RangeQuery)
+def pool_series(query: RangeQuery) -> Response:
+    now = time.time()
+    until = monitoring.parse_time(query.until, now + 60, "until")
+    since = monitoring.parse_time(query.since, now - 3600, "since")
+    if since >= until:
+        raise InvalidInputError(f"query parameter 'since' ({since}) must be before 'until' ({until})")
+    return json_response(monitoring.pool_series(_ctx().db, since, until))
 
 
 @api.route("/overview", "GET", "analyst", "Platform summary: requests, error rate, percentiles, busiest models, pools",
