@@ -6,6 +6,7 @@ import argparse
 import signal
 import sys
 import time
+from pathlib import Path
 
 from installer import stack
 from installer.processes import Layout, running, tail
@@ -91,6 +92,29 @@ def _cmd_admin_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_rotate_secret_key(args: argparse.Namespace) -> int:
+    from installer import secrets
+    from server.core.errors import ModelDeckError
+
+    settings = load_settings()
+    new_key = args.new_key_file.read_text().strip() if args.new_key_file else None
+    try:
+        key, count, local = secrets.rotate(settings, Layout(settings.home.resolve()), new_key)
+    except ModelDeckError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    print(f"re-encrypted {count} data-source secret(s) with the new key; the old key is no longer needed")
+    if local:
+        print(f"the new key is in {secrets.key_file(Layout(settings.home.resolve()))} (mode 600); restart the stack "
+              "(modeldeck down && modeldeck up) so the API and workers use it")
+    elif not args.new_key_file:
+        print("set MODELDECK_SECRET_KEY to this new key on every API and worker host and restart them:")
+        print(key)
+    else:
+        print("set MODELDECK_SECRET_KEY to the key in that file on every API and worker host and restart them")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the modeldeck command."""
     parser = argparse.ArgumentParser(prog="modeldeck", description="Run the ModelDeck stack on this machine.")
@@ -103,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     p_key = sub.add_parser("admin-key", help="create an admin API key directly in the repository and print it")
     p_key.add_argument("--name", default="admin")
     p_key.set_defaults(func=_cmd_admin_key)
+    p_rotate = sub.add_parser("rotate-secret-key", help="re-encrypt every data-source secret under a new key")
+    p_rotate.add_argument("--new-key-file", type=Path, help="read the new Fernet key from this file (default: generate one)")
+    p_rotate.set_defaults(func=_cmd_rotate_secret_key)
     p_logs = sub.add_parser("logs", help="show the last lines of the logs")
     p_logs.add_argument("component", nargs="?", choices=stack.COMPONENTS)
     p_logs.add_argument("-n", "--lines", type=int, default=40)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pydantic import SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
@@ -29,6 +30,8 @@ This file is generated: `python -m installer.configdoc > docs/configuration.md` 
 
 def _default(field: FieldInfo) -> str:
     value: Any = field.get_default(call_default_factory=True)
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
     if value is PydanticUndefined or value in ("", None):
         return "empty"
     if isinstance(value, bool):

@@ -127,6 +127,41 @@ def ensure_repository(settings: Settings, layout: Layout, env: dict[str, str], w
     return True
 
 
+def postgres_answers(url: str) -> bool:
+    """Tell whether a PostgreSQL server accepts a connection at url (a libpq URL)."""
+    import psycopg
+
+    try:
+        psycopg.connect(url, connect_timeout=2).close()
+        return True
+    except psycopg.Error:
+        return False
+
+
+def ensure_postgres(url: str, wait_s: float = 60) -> bool:
+    """Make sure PostgreSQL answers at url (tests of SQL data sources); start a local Debian cluster if one is down.
+
+    Return whether we started it.
+    """
+    if postgres_answers(url):
+        return False
+    host = urlparse(url).hostname or ""
+    if host not in ("127.0.0.1", "localhost", "::1") or shutil.which("pg_lsclusters") is None:
+        raise StackError(f"no PostgreSQL answers at {_redact(url)}; install Debian's postgresql "
+                         "(sudo apt-get install postgresql) or point the tests at a server")
+    listing = subprocess.run(["pg_lsclusters", "--no-header"], capture_output=True, text=True, check=False).stdout
+    for line in listing.splitlines():
+        version, cluster, *_ = line.split()
+        subprocess.run(["pg_ctlcluster", version, cluster, "start"], check=False,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + wait_s
+    while not postgres_answers(url):
+        if time.monotonic() > deadline:
+            raise StackError(f"PostgreSQL did not answer at {_redact(url)} within {wait_s:.0f} s; see /var/log/postgresql/")
+        time.sleep(1)
+    return True
+
+
 if __name__ == "__main__":
     # `python -m installer.services` makes sure a broker answers (used by the test command).
     from server.core.settings import load_settings

@@ -11,6 +11,7 @@ from pathlib import Path
 import requests
 
 from installer.processes import Layout, running, start, stop, tail
+from installer.secrets import ensure_secret_key
 from installer.services import StackError, ensure_broker, ensure_repository, stop_broker_if_ours
 from server.core import keys_repo
 from server.core.db import connect, ensure_indexes
@@ -71,7 +72,8 @@ def up(settings: Settings, timeout_s: float = 120) -> str:
     """Start what is not running yet and wait until the API is ready; return the admin key."""
     layout = Layout(settings.home.resolve())
     layout.create()
-    env = child_env(settings, layout)
+    # Data-source credentials are encrypted with this key; API and workers refuse to start without it.
+    env = child_env(settings, layout, MODELDECK_SECRET_KEY=ensure_secret_key(settings, layout))
     ensure_broker(settings, layout)
     ensure_repository(settings, layout, env)
     secret = ensure_admin_key(settings, layout)

@@ -8,13 +8,16 @@ import sys
 import threading
 
 from celery import signals
+from pymongo.errors import PyMongoError
 
 from runtime.celery_app import create_celery
 from runtime.environment import detect_gpus
 from runtime.heartbeat import Heartbeat
 from runtime.loader import preload_libraries
 from runtime.state import init_state
-from server.core.settings import settings_or_exit
+from server.core.crypto import check_key_present
+from server.core.datasources_repo import count_datasources
+from server.core.settings import SettingsError, settings_or_exit
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +37,14 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     app = create_celery(settings)
     state = init_state(settings)
+    try:
+        check_key_present(settings, count_datasources(state.db))
+    except SettingsError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except PyMongoError as exc:
+        # The repository may come up after the worker; a job then fails with the key error if there is none.
+        logger.warning("could not check for data sources at start (%s)", type(exc).__name__)
     heartbeat = Heartbeat(state)
     heartbeat.announce()
 

@@ -18,19 +18,21 @@ from server.alerts import Housekeeper
 from server.metrics import MetricsRecorder
 from server.cache import RepoCache
 from server.context import CACHE_TTL_S, Context, PoolLiveness
+from server.core import crypto, datasources_repo
 from server.core.db import connect, ensure_indexes
 from server.core.errors import ModelDeckError
 from server.core.settings import Settings
 from server.openapi import build_openapi
 from server.ratelimit import FailureLimiter
 from server.router import Router
-from server.views import apikeys, audit_log, docs, health, jobs, models, predict, v2
+from server.views import apikeys, audit_log, datasources, docs, health, jobs, models, predict, v2
 from server.views import runtimes
 from server.views import monitoring
 
 logger = logging.getLogger(__name__)
 
-APIS: list[Api] = [health.api, docs.api, apikeys.api, models.api, predict.api, jobs.api, audit_log.api, v2.api, runtimes.api, monitoring.api, monitoring.metrics_api]
+APIS: list[Api] = [health.api, docs.api, apikeys.api, models.api, predict.api, jobs.api, audit_log.api, v2.api, runtimes.api, monitoring.api, monitoring.metrics_api,
+                   datasources.api]
 _HTTP_CODES = {400: "invalid_input", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 
@@ -50,6 +52,7 @@ def create_app(settings: Settings, router: Router | None = None) -> Flask:
     app.config["MAX_FORM_MEMORY_SIZE"] = 1024 * 1024
     db = connect(settings)
     ensure_indexes(db)
+    crypto.check_key_present(settings, datasources_repo.count_datasources(db))
     if router is None:
         router = Router(settings.broker_url, settings.queue_prefix)
     router.start()

@@ -19,18 +19,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pymongo
 import pytest
 import requests
 import skops.io as sio
+from cryptography.fernet import Fernet
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
-from installer.services import StackError, ensure_broker, nx_command, repository_answers
+from installer.services import StackError, ensure_broker, ensure_postgres, nx_command, repository_answers
 from server.core import keys_repo
 from server.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
+SECRET_KEY = Fernet.generate_key().decode()
+POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 IRIS_FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 
 
@@ -102,13 +106,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "MODELDECK_WORKER_LOST_AFTER_S": "8",
         # The suite fails authentication on purpose many times from 127.0.0.1; test_security tests the limit.
         "MODELDECK_AUTH_FAILURE_LIMIT": "100000",
+        # Data sources: credentials encrypted with a per-session key; file sources under the session's data root.
+        "MODELDECK_SECRET_KEY": SECRET_KEY,
+        "MODELDECK_DATA_ROOTS": json.dumps([str(tmp / "data")]),
         "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}",
         "PYTHONUNBUFFERED": "1",
     }
     settings = Settings(
         home=tmp / "home", embedded_mongo_port=mongo_port, mongo_url="", mongo_db=f"test_{tag}",
         queue_prefix=f"test-{tag}.", heartbeat_interval_s=0.5, worker_lost_after_s=8,
+        secret_key=SECRET_KEY, data_roots=(tmp / "data",),
     )
+    (tmp / "data").mkdir()
     try:
         ensure_broker(settings)
     except StackError as exc:
@@ -374,3 +383,37 @@ def oidc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Oidc]:
                                "modeldeck-integration": placeholders["MODELDECK_INTEGRATION_CLIENT_SECRET"]},
                proc=proc)
     proc.stop()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# PostgreSQL for SQL data sources: a database of the session's own, dropped at the end
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Postgres:
+    url: str  # SQLAlchemy/libpq URL of the session's database
+    name: str
+
+    def connect(self) -> psycopg.Connection:
+        return psycopg.connect(self.url, autocommit=True)
+
+    def execute(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+        with self.connect() as conn:
+            cur = conn.execute(sql, params)
+            return cur.fetchall() if cur.description else []
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """Create a database of this session's own on the local PostgreSQL (started if a local cluster is down)."""
+    try:
+        ensure_postgres(POSTGRES_URL)
+    except StackError as exc:
+        pytest.fail(f"PostgreSQL is needed for the data-source tests: {exc}")
+    name = f"modeldeck_test_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    yield Postgres(url=POSTGRES_URL.rsplit("/", 1)[0] + "/" + name, name=name)
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
@@ -88,6 +88,14 @@ class Settings(BaseSettings):
     drift_psi_alert: float = Field(default=0.25, gt=0)
     drift_min_rows: int = Field(default=50, ge=1)
     drift_window_s: int = Field(default=3600, ge=60)
+    # Data sources and batch scoring (docs/datasources.md).
+    secret_key: SecretStr = SecretStr("")
+    data_roots: tuple[Path, ...] = ()
+    preview_max_rows: int = Field(default=1000, ge=1, le=100000)
+    preview_timeout_s: float = Field(default=10.0, gt=0)
+    batch_chunk_rows: int = Field(default=10000, ge=1, le=1000000)
+    batch_statement_timeout_s: float = Field(default=600.0, gt=0)
+    batch_result_ttl_s: int = Field(default=7 * 86400, ge=60)
     # prometheus-client reads this variable itself; it is here so the /metrics view knows the mode.
     prometheus_multiproc_dir: str = Field(default="", validation_alias="PROMETHEUS_MULTIPROC_DIR")
 
@@ -97,6 +105,24 @@ class Settings(BaseSettings):
         bad = {k: v for k, v in value.items() if v not in ("admin", "operator", "analyst", "service")}
         if bad:
             raise ValueError(f"roles must map to admin, operator, analyst or service; got {bad}")
+        return value
+
+    @field_validator("secret_key")
+    @classmethod
+    def _fernet_key(cls, value: SecretStr) -> SecretStr:
+        raw = value.get_secret_value()
+        if raw:
+            import base64
+            import binascii
+
+            try:
+                ok = len(base64.urlsafe_b64decode(raw.encode())) == 32
+            except (binascii.Error, ValueError):
+                ok = False
+            if not ok:
+                # Never echo the value: it is a secret, even when malformed.
+                raise ValueError("expected a Fernet key (32 url-safe base64-encoded bytes); make one with "
+                                 "`python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'`")
         return value
 
     @property

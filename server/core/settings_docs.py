@@ -68,4 +68,11 @@ FIELD_DOCS: dict[str, str] = {
     'prometheus_multiproc_dir': "prometheus-client's multiprocess directory, so `/metrics` sums every gunicorn worker; `up` empties it (`MODELDECK_HOME/run/prometheus`) when it starts the API. Unset: one process's metrics only.",
     'max_replicas_per_pool': "Most workers one pool may be scaled to (API and controller); protects the host from a mistaken or hostile scale request.",
     'cold_start_timeout_s': "How long a request to a pool scaled to zero waits for the controller to start a worker (and then for that worker's first answer).",
+    'secret_key': "Fernet key that encrypts data-source credentials at rest ([data sources](datasources.md)). `modeldeck up` generates one into `MODELDECK_HOME/secret.key` (mode 600) when unset; API and workers refuse to start while data sources exist and no key is set. Rotate with `modeldeck rotate-secret-key`.",
+    'data_roots': "JSON list of directories on the API and worker hosts under which file data sources (CSV, Parquet) may live; empty: no file data sources.",
+    'preview_max_rows': "Most rows a data-source preview returns (a request's `limit` is capped to it).",
+    'preview_timeout_s': "Statement timeout of a preview query; it runs in a read-only transaction.",
+    'batch_chunk_rows': "Default rows per chunk of a batch-scoring job: each chunk is read, scored and committed (with its progress marker) in one step.",
+    'batch_statement_timeout_s': "Statement timeout of a batch job's source query (each fetch) and of each chunk's write.",
+    'batch_result_ttl_s': "How long a batch job (and its downloadable CSV/Parquet result) is kept.",
 }
