@@ -7,6 +7,7 @@ from typing import Any
 from celery import shared_task
 from celery.utils.log import get_task_logger
 
+from runtime.batch import run_batch
 from runtime.predict import run_prediction
 from runtime.state import get_state
 from server.core import jobs_repo
@@ -44,7 +45,28 @@ def predict_job(job_id: str) -> None:
         with state.lock:
             state.busy -= 1
     if outcome["ok"]:
-        jobs_repo.finish_job(state.db, job_id, result={"predictions": outcome["predictions"]})
+        stored = jobs_repo.finish_job(state.db, job_id, result={"predictions": outcome["predictions"]})
     else:
-        jobs_repo.finish_job(state.db, job_id, error=outcome["error"])
+        stored = jobs_repo.finish_job(state.db, job_id, error=outcome["error"])
+    if stored:
+        jobs_repo.record_event(state.db, job, "job.finish", "success" if outcome["ok"] else "failed",
+                               {"kind": "predict", "error": None if outcome["ok"] else outcome["error"]["code"]})
     logger.info("job %s finished ok=%s", job_id, outcome["ok"])
+
+
+@shared_task(name="runtime.batch_job", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def batch_job(job_id: str) -> None:
+    """Run a batch-scoring job; a redelivered one resumes after its last committed chunk."""
+    state = get_state()
+    job = jobs_repo.start_job(state.db, job_id)
+    if job is None:
+        logger.info("job %s already finished, cancelled or unknown; skipping", job_id)
+        return
+    logger.info("batch job %s started (attempt %d)", job_id, job.get("attempts", 0) + 1)
+    with state.lock:
+        state.busy += 1
+    try:
+        run_batch(state, job)
+    finally:
+        with state.lock:
+            state.busy -= 1

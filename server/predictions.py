@@ -131,5 +131,13 @@ def job_view(job: dict[str, Any], principal: Principal) -> dict[str, Any]:
         "id": job["_id"], "kind": job["kind"], "status": job["status"], "owner": job["owner"],
         "model": job["params"]["model"], "version": job["params"]["version"],
         "created_at": job["created_at"], "started_at": job["started_at"], "finished_at": job["finished_at"],
-        "result": job["result"], "error": job["error"],
+        "result": job["result"], "error": job["error"], "progress": job.get("progress"),
+        "attempts": job.get("attempts", 0), "updated_at": job.get("updated_at"),
+        **({"source": _summary(job["params"]["source"]), "destination": job["params"]["destination"]}
+           if job["kind"] == "batch" else {}),
     }
+
+
+def _summary(source: dict[str, Any]) -> dict[str, Any]:
+    """Return what a job view shows of a batch source (its query text and parameters stay with the job)."""
+    return {k: source.get(k) for k in ("kind", "datasource", "table", "file", "filename", "key") if source.get(k) is not None}

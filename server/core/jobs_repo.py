@@ -6,11 +6,13 @@ from typing import Any
 
 from pymongo.database import Database
 
+from server.core import audit_repo
 from server.core.clock import now_iso
-from server.core.errors import NotFoundError
+from server.core.errors import ConflictError, NotFoundError
 
 
-def create_job(db: Database, job_id: str, kind: str, owner: str, params: dict[str, Any], ttl_s: int) -> dict[str, Any]:
+def create_job(db: Database, job_id: str, kind: str, owner: str, params: dict[str, Any], ttl_s: int,
+               progress: dict[str, Any] | None = None) -> dict[str, Any]:
     """Record a queued job before its task is sent, so a worker always finds it."""
     now = now_iso()
     doc = {
@@ -26,6 +28,7 @@ def create_job(db: Database, job_id: str, kind: str, owner: str, params: dict[st
         "result": None,
         "error": None,
         "attempts": 0,
+        "progress": progress,
     }
     db.jobs.insert_one(doc)
     return doc
@@ -44,22 +47,79 @@ def get_job(db: Database, job_id: str) -> dict[str, Any]:
     return doc
 
 
+FINISHED = ("succeeded", "failed", "cancelled")
+ACTIVE = ["queued", "running", "cancelling"]
+
+
 def start_job(db: Database, job_id: str) -> dict[str, Any] | None:
-    """Mark a job running; return None when it is already finished (a redelivered task)."""
+    """Mark a job running; return None when it is already finished (a redelivered task) or cancelled."""
     doc = db.jobs.find_one({"_id": job_id})
-    if doc is None or doc["status"] in ("succeeded", "failed"):
+    if doc is None or doc["status"] in FINISHED:
         return None
-    db.jobs.update_one({"_id": job_id}, {"$set": {"status": "running", "started_at": now_iso()}, "$inc": {"attempts": 1}})
+    if doc["status"] == "cancelling":
+        finish_job(db, job_id, status="cancelled")
+        return None
+    # A redelivered job (its worker died) keeps its first start time.
+    db.jobs.update_one({"_id": job_id}, {"$set": {"status": "running", "started_at": doc["started_at"] or now_iso()},
+                                         "$inc": {"attempts": 1}})
     return doc
 
 
-def finish_job(db: Database, job_id: str, result: Any = None, error: dict[str, Any] | None = None) -> None:
-    """Store a job's outcome once."""
-    status = "failed" if error else "succeeded"
-    db.jobs.update_one(
-        {"_id": job_id, "status": {"$in": ["queued", "running"]}},
+def finish_job(db: Database, job_id: str, result: Any = None, error: dict[str, Any] | None = None,
+               status: str | None = None) -> bool:
+    """Store a job's outcome once; return whether this call stored it."""
+    status = status or ("failed" if error else "succeeded")
+    return db.jobs.update_one(
+        {"_id": job_id, "status": {"$in": ACTIVE}},
         {"$set": {"status": status, "finished_at": now_iso(), "result": result, "error": error}},
-    )
+    ).modified_count == 1
+
+
+def request_cancel(db: Database, job_id: str) -> str:
+    """Cancel a queued job at once, or ask a running one to stop after its current chunk; return the new status."""
+    if db.jobs.update_one({"_id": job_id, "status": "queued"},
+                          {"$set": {"status": "cancelled", "finished_at": now_iso()}}).modified_count:
+        return "cancelled"
+    if db.jobs.update_one({"_id": job_id, "status": "running"}, {"$set": {"status": "cancelling"}}).modified_count:
+        return "cancelling"
+    doc = get_job(db, job_id)
+    if doc["status"] == "cancelling":
+        return "cancelling"
+    raise ConflictError(f"job '{job_id}' has already {doc['status']}; only a queued or running job can be cancelled",
+                        {"id": job_id, "status": doc["status"]})
+
+
+def job_status(db: Database, job_id: str) -> str | None:
+    """Return a job's status (the worker checks it between chunks)."""
+    doc = db.jobs.find_one({"_id": job_id}, {"status": 1})
+    return doc["status"] if doc else None
+
+
+def set_progress(db: Database, job_id: str, progress: dict[str, Any]) -> None:
+    """Record how far a job got: the whole progress object (rows done, rows total, chunks committed)."""
+    # One whole field, not dotted paths: nx-27017 handles dotted update paths only partly.
+    db.jobs.update_one({"_id": job_id}, {"$set": {"progress": progress, "updated_at": now_iso()}})
+
+
+def list_jobs(db: Database, owner: str | None, status: str | None, kind: str | None, limit: int,
+              offset: int) -> tuple[list[dict[str, Any]], int]:
+    """Return jobs that have not expired, newest first, and how many match."""
+    query: dict[str, Any] = {"expires_at": {"$gte": now_iso()}}
+    for field, value in (("owner", owner), ("status", status), ("kind", kind)):
+        if value is not None:
+            query[field] = value
+    total = db.jobs.count_documents(query)
+    docs = list(db.jobs.find(query, {"params.rows": 0}).sort("created_at", -1).skip(offset).limit(limit))
+    return docs, total
+
+
+def record_event(db: Database, job: dict[str, Any], action: str, outcome: str, details: dict[str, Any]) -> None:
+    """Write a job's audit entry from a worker (outside any request)."""
+    import socket
+
+    audit_repo.append(db, {"time": now_iso(), "actor": f"worker:{socket.gethostname()}", "method": "worker",
+                           "role": None, "action": action, "target": job["_id"], "outcome": outcome, "status": None,
+                           "request_id": job["_id"], "client": None, "details": {"owner": job["owner"], **details}})
 
 
 def purge_expired_jobs(db: Database) -> int:
