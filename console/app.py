@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import json
+import time
+
 import streamlit as st
 
 from console.client import ApiClient, ApiError, settings
@@ -11,9 +15,51 @@ RANK = {"service": 0, "analyst": 1, "operator": 2, "admin": 3}
 st.set_page_config(page_title="ModelDeck", page_icon=":material/deployed_code:", layout="wide")
 
 
+def keycloak_configured() -> bool:
+    return bool(settings().keycloak_realm_url)
+
+
+def token_expiry(token: str) -> float:
+    """Read a JWT's exp claim (the API verifies the signature; the console only needs to know when to renew)."""
+    try:
+        payload = token.split(".")[1]
+        return float(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["exp"])
+    except (IndexError, ValueError, KeyError, TypeError):
+        return 0.0
+
+
+def keycloak_session() -> None:
+    """Use the access token of a Keycloak sign-in (st.login) as the console's credential while it is valid."""
+    token = st.user.tokens.get("access") if st.user.is_logged_in else None
+    if not token:
+        return
+    if token_expiry(token) <= time.time() + 5:
+        st.session_state.pop("credential", None)
+        st.title("ModelDeck")
+        st.warning("Your Keycloak sign-in has expired. Sign in again to go on.")
+        st.button("Sign in with Keycloak", type="primary", on_click=st.login, args=("keycloak",))
+        st.stop()
+    if st.session_state.get("credential") == token:
+        return
+    try:
+        me = ApiClient(settings().api_url, token, 10).get("/api/v1/me")
+    except ApiError as exc:
+        st.title("ModelDeck")
+        st.error(exc.message)
+        st.button("Sign out of Keycloak", on_click=st.logout)
+        st.stop()
+    st.session_state.credential = token
+    st.session_state.me = me
+    st.session_state.via_keycloak = True
+
+
 def sign_in() -> None:
     st.title("ModelDeck")
     st.caption(f"Service API: {settings().api_url}")
+    if keycloak_configured():
+        st.button("Sign in with Keycloak", type="primary", icon=":material/login:", on_click=st.login,
+                  args=("keycloak",))
+        st.caption("or with an API key:")
     with st.form("sign-in"):
         key = st.text_input("API key", type="password", help="an mdk_... key from an admin (or admin.key for the first sign-in)")
         if st.form_submit_button("Sign in", type="primary"):
@@ -28,11 +74,16 @@ def sign_in() -> None:
 
 
 def sign_out() -> None:
+    via_keycloak = st.session_state.get("via_keycloak", False)
     for k in list(st.session_state):
         del st.session_state[k]
+    if via_keycloak:
+        st.logout()
     st.rerun()
 
 
+if keycloak_configured():
+    keycloak_session()
 if "credential" not in st.session_state:
     st.navigation([st.Page(sign_in, title="Sign in", icon=":material/login:")]).run()
     st.stop()
@@ -44,10 +95,12 @@ if rank >= RANK["service"]:
     pages.append(st.Page("pages/predict.py", title="Try a model", icon=":material/play_arrow:"))
 if rank >= RANK["analyst"]:
     pages.append(st.Page("pages/monitoring.py", title="Monitoring", icon=":material/monitoring:"))
+    pages.append(st.Page("pages/datasources.py", title="Data sources", icon=":material/database:"))
 if rank >= RANK["operator"]:
     pages += [
         st.Page("pages/models.py", title="Models", icon=":material/deployed_code:"),
         st.Page("pages/runtimes.py", title="Runtimes", icon=":material/memory:"),
+        st.Page("pages/jobs.py", title="Batch jobs", icon=":material/batch_prediction:"),
         st.Page("pages/audit.py", title="Audit trail", icon=":material/fact_check:"),
     ]
 if rank >= RANK["admin"]:

@@ -365,7 +365,9 @@ def oidc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Oidc]:
              for name, roles in OIDC_USER_ROLES.items()]
     cmd = [sys.executable, str(ROOT / "tests" / "oidc_server.py"), "--realm-file", str(REALM_FILE),
            "--port", str(port), "--base-url", url, "--secrets-json", json.dumps(placeholders),
-           "--users-json", json.dumps(users), "--direct-grant", "modeldeck-console"]
+           "--users-json", json.dumps(users), "--direct-grant", "modeldeck-console",
+           # consoles under test listen on ephemeral loopback ports
+           "--redirect-uri", "modeldeck-console=http://127.0.0.1:*"]
     log = tmp / "oidc.log"
     proc = Proc(cmd, {**os.environ, "PYTHONUNBUFFERED": "1"}, log)
 

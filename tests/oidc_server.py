@@ -8,7 +8,10 @@ outer app in front of it that:
 * reads the realm export (``compose/keycloak/modeldeck-realm.json``): its clients, their secrets (``${NAME}``
   placeholders resolved like Keycloak does at import), which grants each client allows, their audience mappers,
   and the roles of service-account users;
-* answers the token endpoint itself: the password grant, the client-credentials grant and the refresh grant,
+* checks browser sign-ins like Keycloak (client, standard flow, redirect URI patterns, PKCE) around the mockup's
+  login form, and redeems their codes once, for the same client and redirect URI, verifying the PKCE verifier;
+* answers the token endpoint itself: the authorization-code grant (ID token with the request's nonce), the
+  password grant, the client-credentials grant and the refresh grant,
   authenticating clients (client_secret_post or client_secret_basic) with Keycloak's error bodies;
 * builds Keycloak-shaped access tokens and signs them with the mockup's ``KeyManager.sign_token`` (the key the
   certs endpoint publishes);
@@ -43,8 +46,8 @@ from urllib.parse import unquote
 
 import jwt  # PyJWT: what keycloak-mockup signs with
 import uvicorn
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import HTMLResponse, JSONResponse
 from keycloak_mockup import main as mockup
 from keycloak_mockup.config import Config, UserConfig
 from keycloak_mockup.crypto import KeyManager
@@ -90,6 +93,13 @@ class Client:
     service_accounts: bool
     audiences: list[str]
     web_origins: list[str]
+    standard_flow: bool = False
+    redirect_uris: list[str] = field(default_factory=list)
+    pkce_method: str | None = None
+
+    def allows_redirect(self, uri: str) -> bool:
+        """Keycloak's rule: an exact match, or a prefix match for a pattern ending in '*'."""
+        return any(uri == p or (p.endswith("*") and uri.startswith(p[:-1])) for p in self.redirect_uris)
 
 
 @dataclass
@@ -122,7 +132,7 @@ class Realm:
 
 
 def load_realm(path: Path, placeholder_values: dict[str, str], base_url: str, access_ttl: int | None,
-               direct_grant_clients: list[str]) -> tuple[Realm, dict[str, Any]]:
+               direct_grant_clients: list[str], extra_redirects: list[str] = ()) -> tuple[Realm, dict[str, Any]]:  # type: ignore[assignment]
     export = resolve_placeholders(json.loads(path.read_text()), placeholder_values)
     name = export["realm"]
     role_names = {r["name"] for r in export.get("roles", {}).get("realm", [])}
@@ -140,10 +150,17 @@ def load_realm(path: Path, placeholder_values: dict[str, str], base_url: str, ac
             client_id=c["clientId"], public=public, secret=None if public else c.get("secret"),
             direct_grants=bool(c.get("directAccessGrantsEnabled", False)) or c["clientId"] in direct_grant_clients,
             service_accounts=bool(c.get("serviceAccountsEnabled", False)), audiences=audiences,
-            web_origins=[o for o in c.get("webOrigins", []) if o != "+"])
+            web_origins=[o for o in c.get("webOrigins", []) if o != "+"],
+            standard_flow=bool(c.get("standardFlowEnabled", True)), redirect_uris=list(c.get("redirectUris") or []),
+            pkce_method=(c.get("attributes") or {}).get("pkce.code.challenge.method") or None)
     unknown = set(direct_grant_clients) - set(clients)
     if unknown:
         raise SetupError(f"--direct-grant names clients the realm does not have: {sorted(unknown)}")
+    for item in extra_redirects:
+        client_id, _, uri = item.partition("=")
+        if client_id not in clients or not uri:
+            raise SetupError(f"--redirect-uri wants CLIENT_ID=URI with a client of the realm, got {item!r}")
+        clients[client_id].redirect_uris.append(uri)
     service_accounts: dict[str, Subject] = {}
     for u in export.get("users", []):
         client_id = u.get("serviceAccountClientId")
@@ -224,9 +241,11 @@ def access_claims(realm: Realm, client: Client, subject: Subject, scope: str, si
     return claims
 
 
-def id_token_claims(access: dict[str, Any], access_token: str, client: Client) -> dict[str, Any]:
+def id_token_claims(access: dict[str, Any], access_token: str, client: Client, nonce: str | None = None) -> dict[str, Any]:
     digest = hashlib.sha256(access_token.encode("ascii")).digest()[:16]
     claims = {k: access[k] for k in ("exp", "iat", "iss", "sub") if k in access}
+    if nonce:
+        claims["nonce"] = nonce
     claims.update({"auth_time": access["iat"], "jti": str(uuid.uuid4()), "aud": client.client_id, "typ": "ID",
                    "azp": client.client_id, "at_hash": base64.urlsafe_b64encode(digest).rstrip(b"=").decode()})
     claims.update({k: v for k, v in access.items()
@@ -240,7 +259,7 @@ def scope_of(requested: str) -> str:
 
 
 def token_response(realm: Realm, client: Client, subject: Subject, requested_scope: str, request: Request,
-                   sid: str | None = None, with_refresh: bool = True) -> dict[str, Any]:
+                   sid: str | None = None, with_refresh: bool = True, nonce: str | None = None) -> dict[str, Any]:
     scope = scope_of(requested_scope)
     sid = sid or (None if subject.service_client else str(uuid.uuid4()))
     host = request.client.host if request.client else "127.0.0.1"
@@ -257,7 +276,7 @@ def token_response(realm: Realm, client: Client, subject: Subject, requested_sco
         body["refresh_token"] = jwt.encode(refresh, realm.hmac_key, algorithm="HS512", headers={"kid": realm.hmac_kid})
     body["token_type"] = "Bearer"
     if "openid" in scope.split():
-        body["id_token"] = realm.current.sign_token(id_token_claims(claims, access, client))
+        body["id_token"] = realm.current.sign_token(id_token_claims(claims, access, client, nonce))
     body["not-before-policy"] = 0
     if sid:
         body["session_state"] = sid
@@ -291,8 +310,80 @@ def build_app(realm: Realm, users: list[dict[str, Any]]) -> FastAPI:
         if (missing := no_realm(realm_name)) is not None:
             return missing
         doc = await mockup.oidc_discovery(realm_name, request)
-        doc["grant_types_supported"] = ["password", "client_credentials", "refresh_token"]
+        doc["grant_types_supported"] = ["authorization_code", "password", "client_credentials", "refresh_token"]
+        doc["code_challenge_methods_supported"] = ["plain", "S256"]
         return doc
+
+    # ---- authorization-code flow: the mockup's login form, with Keycloak's checks around it -------------------
+    codes: dict[str, dict[str, Any]] = {}  # code -> what the authorization request asked for
+
+    def check_auth_request(params: Any) -> Client | HTMLResponse:
+        """Keycloak refuses an unknown client, a redirect URI it does not allow, or a missing PKCE challenge."""
+        client = realm.clients.get(str(params.get("client_id") or ""))
+        if client is None:
+            return HTMLResponse("Client not found.", status_code=400)
+        if not client.standard_flow:
+            return HTMLResponse("Client is not allowed to initiate browser login with given response_type.", 400)
+        if not client.allows_redirect(str(params.get("redirect_uri") or "")):
+            return HTMLResponse("Invalid parameter: redirect_uri", status_code=400)
+        if params.get("response_type") != "code":
+            return HTMLResponse("Invalid parameter: response_type", status_code=400)
+        if client.pkce_method and (not params.get("code_challenge")
+                                   or params.get("code_challenge_method") != client.pkce_method):
+            return HTMLResponse("Missing parameter: code_challenge_method", status_code=400)
+        return client
+
+    @app.get(prefix + "/protocol/openid-connect/auth")
+    async def auth_page(realm_name: str, request: Request) -> Any:
+        if (missing := no_realm(realm_name)) is not None:
+            return missing
+        checked = check_auth_request(request.query_params)
+        if isinstance(checked, HTMLResponse):
+            return checked
+        return await mockup.auth_get(realm_name, request, Response(), request.cookies.get(mockup.SESSION_COOKIE))
+
+    @app.post(prefix + "/protocol/openid-connect/auth")
+    async def auth_submit(realm_name: str, request: Request) -> Any:
+        if (missing := no_realm(realm_name)) is not None:
+            return missing
+        form = await request.form()
+        checked = check_auth_request(form)
+        if isinstance(checked, HTMLResponse):
+            return checked
+        fields = ("username", "password", "redirect_uri", "state", "client_id", "scope", "response_type", "nonce",
+                  "code_challenge", "code_challenge_method", "autologin_user")
+        answer = await mockup.auth_post(realm_name, request, Response(), **{f: str(form.get(f) or "") for f in fields})
+        location = answer.headers.get("location", "")
+        found = re.search(r"[?&]code=([^&]+)", location)
+        if found:
+            codes[found.group(1)] = {f: str(form.get(f) or "") for f in
+                                     ("client_id", "redirect_uri", "nonce", "code_challenge", "code_challenge_method",
+                                      "scope")}
+        return answer
+
+    def redeem_code(form: Any, client: Client) -> Subject | JSONResponse:
+        """Exchange a code once, for the client and redirect URI it was issued to, checking the PKCE verifier."""
+        code = str(form.get("code") or "")
+        asked = codes.pop(code, None)
+        entry = mockup._auth_codes.pop(code, None)
+        if asked is None or entry is None or entry["expires"] < time.time():
+            return oauth_error(400, "invalid_grant", "Code not valid")
+        if asked["client_id"] != client.client_id:
+            return oauth_error(400, "invalid_grant", "Auth error")
+        if str(form.get("redirect_uri") or "") != asked["redirect_uri"]:
+            return oauth_error(400, "invalid_grant", "Incorrect redirect_uri")
+        if asked["code_challenge"]:
+            verifier = str(form.get("code_verifier") or "")
+            if asked["code_challenge_method"] == "S256":
+                derived = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+            else:
+                derived = verifier
+            if not verifier or not secrets.compare_digest(derived, asked["code_challenge"]):
+                return oauth_error(400, "invalid_grant", "PKCE verification failed: Invalid code verifier")
+        user = next((u for u in mockup.cfg.users if u.username == entry["username"] and u.enabled), None)
+        if user is None:
+            return oauth_error(400, "invalid_grant", "User not found or disabled")
+        return user_subject(user)
 
     @app.get(prefix + "/protocol/openid-connect/certs")
     async def certs(realm_name: str) -> Any:
@@ -330,12 +421,20 @@ def build_app(realm: Realm, users: list[dict[str, Any]]) -> FastAPI:
         grant = form.get("grant_type")
         if not grant:
             return oauth_error(400, "invalid_request", "Missing form parameter: grant_type")
-        if grant not in ("password", "client_credentials", "refresh_token"):
+        if grant not in ("authorization_code", "password", "client_credentials", "refresh_token"):
             return oauth_error(400, "unsupported_grant_type", "Unsupported grant_type")
         client = authenticate(form, request)
         if isinstance(client, JSONResponse):
             return client
         scope = str(form.get("scope") or "")
+        if grant == "authorization_code":
+            code = str(form.get("code") or "")
+            asked_scope = codes.get(code, {}).get("scope", "")
+            nonce = codes.get(code, {}).get("nonce") or None
+            subject = redeem_code(form, client)
+            if isinstance(subject, JSONResponse):
+                return subject
+            return token_response(realm, client, subject, asked_scope, request, nonce=nonce)
         if grant == "password":
             if not client.direct_grants:
                 return oauth_error(400, "unauthorized_client", "Client not allowed for direct access grants")
@@ -435,13 +534,15 @@ def main(argv: list[str] | None = None) -> None:
                              '"email"?, "name"?, "enabled"?, "sub"?}, ...]')
     parser.add_argument("--direct-grant", action="append", default=[], metavar="CLIENT_ID",
                         help="also allow the password grant for this client (the realm file enables it for none)")
+    parser.add_argument("--redirect-uri", action="append", default=[], metavar="CLIENT_ID=URI",
+                        help="also allow this redirect URI (or pattern ending in *) for a client, e.g. an ephemeral port")
     parser.add_argument("--access-token-ttl", type=int, help="seconds (default: the realm's accessTokenLifespan)")
     args = parser.parse_args(argv)
 
     try:
         base = (args.base_url or f"http://{args.host}:{args.port}").rstrip("/")
         realm, extra = load_realm(args.realm_file, json.loads(args.secrets_json), base, args.access_token_ttl,
-                                  args.direct_grant)
+                                  args.direct_grant, args.redirect_uri)
         users = json.loads(args.users_json)
         check_users(users, realm, extra["role_names"])
     except (SetupError, KeyError, ValueError, OSError) as exc:
