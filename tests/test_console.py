@@ -165,7 +165,8 @@ def plotted(values: Any) -> list[Any]:
 def test_monitoring_page_draws_the_apis_numbers(console, make_client, iris_model: str, stack, iris) -> None:  # type: ignore[no-untyped-def]
     analyst = make_client("analyst")
     for _ in range(5):
-        assert analyst.post(f"/api/v1/models/{iris_model}/predict", json={"inputs": [iris[1][0].tolist()]}).status_code == 200
+        assert analyst.post(f"/api/v1/models/{iris_model}/predict",
+                            json={"inputs": [iris[1][0].tolist()], "version": 2}).status_code == 200
     import time
 
     deadline = time.monotonic() + 30
@@ -184,6 +185,13 @@ def test_monitoring_page_draws_the_apis_numbers(console, make_client, iris_model
     next(s for s in at.selectbox if s.label == "Model").select(iris_model)
     at.run()
     assert not at.exception and len(at.get("plotly_chart")) >= 4
+    # Per version: the analyst's requests went to version 2; version 1's chart exists only if the API has points for it.
+    v1 = analyst.get(f"/api/v1/monitoring/models/{iris_model}", params={"version": 1, "since": int(time.time()) - 21600})
+    for version, expected in ((2, True), (1, bool(v1.json()["points"]))):
+        next(s for s in at.selectbox if s.key == "series_version").select(version)
+        at.run()
+        titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
+        assert (f"{iris_model} v{version}: latency (ms)" in titles) is expected, titles
 
 
 def test_operator_sees_workers_and_scales_a_pool(console, operator: Client, stack) -> None:  # type: ignore[no-untyped-def]

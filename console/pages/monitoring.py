@@ -50,15 +50,19 @@ if not names:
     st.info("No predictions in this window yet.")
     st.stop()
 name = st.selectbox("Model", names)
-series = api.get(f"/api/v1/monitoring/models/{name}", since=int(time.time()) - seconds, until=int(time.time()) + 60)
+versions = [v["version"] for v in api.get(f"/api/v1/models/{name}")["versions"]]
+version = st.selectbox("Version", ["all versions", *reversed(versions)], key="series_version")
+label = name if version == "all versions" else f"{name} v{version}"
+series = api.get(f"/api/v1/monitoring/models/{name}", since=int(time.time()) - seconds, until=int(time.time()) + 60,
+                 version=None if version == "all versions" else version)
 points = series["points"]
 if points:
     frame = pd.DataFrame([{"time": p["time"], "requests": p["requests"], "errors": p["errors"],
                            "p50": p["latency_ms"]["p50"], "p95": p["latency_ms"]["p95"], "p99": p["latency_ms"]["p99"]}
                           for p in points])
     frame["time"] = pd.to_datetime(frame["time"])
-    st.plotly_chart(px.line(frame, x="time", y=["p50", "p95", "p99"], title=f"{name}: latency (ms)"), width="stretch")
-    st.plotly_chart(px.bar(frame, x="time", y=["requests", "errors"], barmode="group", title=f"{name}: throughput and errors"),
+    st.plotly_chart(px.line(frame, x="time", y=["p50", "p95", "p99"], title=f"{label}: latency (ms)"), width="stretch")
+    st.plotly_chart(px.bar(frame, x="time", y=["requests", "errors"], barmode="group", title=f"{label}: throughput and errors"),
                     width="stretch")
 try:
     drift = api.get(f"/api/v1/monitoring/models/{name}/drift", window=window)
