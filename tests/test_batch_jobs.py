@@ -288,3 +288,23 @@ def test_analysts_see_only_their_own_jobs(make_client: Any, operator: Client) ->
     analyst = make_client("analyst")
     assert analyst.get("/api/v1/jobs").json()["jobs"] == []
     assert operator.get("/api/v1/jobs", params={"limit": 1}).json()["total"] >= 1
+
+
+def test_an_expired_result_is_purged_with_its_file(stack: Stack, operator: Client, wh: str, model: str) -> None:
+    from server.core import jobs_repo
+    from server.core.clock import now_iso
+
+    body = {"model": model, "source": {"datasource": wh, "query": "SELECT * FROM iris_rows WHERE id < 300", "key": "id"},
+            "destination": {"format": "parquet"}}
+    first, second = (wait_done(operator, start(operator, body)) for _ in range(2))
+    sha = first["result"]["artifact"]
+    assert second["result"]["artifact"] == sha  # same rows, same bytes: one stored file
+    stack.db.jobs.update_one({"_id": first["id"]}, {"$set": {"expires_at": now_iso(-1)}})
+    jobs_repo.purge_expired_jobs(stack.db)
+    assert operator.get(f"/api/v1/jobs/{first['id']}").status_code == 404
+    assert stack.db.artifacts.find_one({"_id": sha}) is not None  # still the second job's result
+    assert operator.get(f"/api/v1/jobs/{second['id']}/result").status_code == 200
+    stack.db.jobs.update_one({"_id": second["id"]}, {"$set": {"expires_at": now_iso(-1)}})
+    jobs_repo.purge_expired_jobs(stack.db)
+    assert stack.db.artifacts.find_one({"_id": sha}) is None
+    assert stack.db.artifact_chunks.count_documents({"sha256": sha}) == 0

@@ -15,7 +15,7 @@ from pymongo.database import Database
 from runtime.controller.autoscaler import Decision, Load, decide
 from runtime.controller.backends import Backend
 from runtime.controller.backends.local import LocalBackend
-from server.core import audit_repo, pools_repo, workers_repo
+from server.core import audit_repo, jobs_repo, pools_repo, workers_repo
 from server.core.clock import now_iso
 from server.core.db import connect, ensure_indexes
 from server.core.queues import QueueProbe
@@ -54,6 +54,8 @@ class Controller:
             # Workers killed without a clean shutdown leave their last heartbeat behind; keep them visible as
             # "lost" for a while, then forget them.
             workers_repo.prune_workers(self.db, max(300.0, 30 * self.settings.worker_lost_after_s))
+            # Jobs past MODELDECK_JOB_RESULT_TTL_S / MODELDECK_BATCH_RESULT_TTL_S, with their result files.
+            jobs_repo.purge_expired_jobs(self.db)
             self._pruned_at = time.monotonic()
         for event in self.backend.supervise():
             audit(self.db, "controller.restart", event.split(":")[0].removeprefix("pool "), {"event": event})

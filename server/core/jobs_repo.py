@@ -123,5 +123,17 @@ def record_event(db: Database, job: dict[str, Any], action: str, outcome: str, d
 
 
 def purge_expired_jobs(db: Database) -> int:
-    """Delete jobs past their retention time; return how many."""
-    return db.jobs.delete_many({"expires_at": {"$lt": now_iso()}}).deleted_count
+    """Delete jobs past their retention time, their output parts, and result or upload files nothing else uses."""
+    expired = list(db.jobs.find({"expires_at": {"$lt": now_iso()}}, {"result": 1, "params.source": 1}))
+    for job in expired:
+        files = {(job.get("result") or {}).get("artifact"), ((job.get("params") or {}).get("source") or {}).get("artifact")}
+        db.jobs.delete_one({"_id": job["_id"]})
+        db.job_parts.delete_many({"job": job["_id"]})
+        for sha in files - {None}:
+            # Artifacts are content-addressed: a model version or another job may hold the same bytes.
+            if (db.versions.find_one({"sha256": sha}, {"_id": 1}) or db.jobs.find_one({"result.artifact": sha}, {"_id": 1})
+                    or db.jobs.find_one({"params.source.artifact": sha}, {"_id": 1})):
+                continue
+            db.artifacts.delete_one({"_id": sha})
+            db.artifact_chunks.delete_many({"sha256": sha})
+    return len(expired)
