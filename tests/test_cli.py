@@ -24,7 +24,8 @@ def test_up_twice_status_logs_and_down(stack: Stack, worker: Proc, tmp_path) -> 
     api_port = free_port()
     env = {**stack.env, "MODELDECK_HOME": str(home), "MODELDECK_API_PORT": str(api_port),
            "MODELDECK_EMBEDDED_MONGO_PORT": str(free_port()), "MODELDECK_QUEUE_PREFIX": f"cli{api_port}.",
-           "MODELDECK_API_WORKERS": "1", "MODELDECK_API_THREADS": "4", "MODELDECK_CONSOLE_PORT": str(free_port())}
+           "MODELDECK_API_WORKERS": "1", "MODELDECK_API_THREADS": "4", "MODELDECK_CONSOLE_PORT": str(free_port()),
+           "MODELDECK_SECRET_KEY": ""}  # up generates the data-source key
     try:
         first = modeldeck(env, "up")
         assert first.returncode == 0, first.stdout + first.stderr
@@ -33,12 +34,23 @@ def test_up_twice_status_logs_and_down(stack: Stack, worker: Proc, tmp_path) -> 
         assert f"http://127.0.0.1:{api_port}/api/v1" in first.stdout
         assert f"Console:   http://127.0.0.1:{env['MODELDECK_CONSOLE_PORT']}" in first.stdout
         assert stat.S_IMODE(os.stat(home / "admin.key").st_mode) == 0o600
+        secret_key = (home / "secret.key").read_text().strip()
+        assert len(secret_key) == 44 and stat.S_IMODE(os.stat(home / "secret.key").st_mode) == 0o600
+        assert secret_key not in first.stdout + first.stderr
         pids = {name: json.loads((home / "run" / f"{name}.json").read_text())["pid"]
                 for name in ("repository", "worker-cpu", "controller", "api", "console")}
         assert all(psutil.pid_exists(p) for p in pids.values())
 
         me = requests.get(f"http://127.0.0.1:{api_port}/api/v1/me", headers={"Authorization": f"Bearer {key}"}, timeout=5)
         assert me.json()["role"] == "admin"
+        # The API got the generated key: a data source's URL is encrypted and used.
+        auth = {"Authorization": f"Bearer {key}"}
+        made = requests.post(f"http://127.0.0.1:{api_port}/api/v1/datasources", headers=auth, timeout=10,
+                             json={"name": "local", "kind": "sql", "url": "sqlite://"})
+        assert made.status_code == 201, made.text
+        preview = requests.post(f"http://127.0.0.1:{api_port}/api/v1/datasources/local/preview", headers=auth, timeout=10,
+                                json={"query": "SELECT 1 AS one"})
+        assert preview.json()["rows"] == [[1]]
 
         # A second `up` finds the running stack: same processes, same key, nothing new started.
         second = modeldeck(env, "up")
@@ -46,6 +58,7 @@ def test_up_twice_status_logs_and_down(stack: Stack, worker: Proc, tmp_path) -> 
         assert key in second.stdout
         again = {name: json.loads((home / "run" / f"{name}.json").read_text())["pid"] for name in pids}
         assert again == pids
+        assert (home / "secret.key").read_text().strip() == secret_key
 
         status = modeldeck(env, "status")
         assert status.returncode == 0 and "readiness    ready" in status.stdout
