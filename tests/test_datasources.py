@@ -319,3 +319,30 @@ def test_no_data_source_password_reaches_any_log(stack: Stack, operator: Client,
     operator.post(f"/api/v1/datasources/{wh}/preview", json={"query": "SELECT * FROM nowhere"})
     for path in sorted(stack.tmp.rglob("*.log")):
         assert PASSWORD not in path.read_text(errors="replace"), path
+
+
+@pytest.mark.parametrize("query,status,message", [
+    ("SELECT x FROM t ORDER BY x", 200, None),
+    ("INSERT INTO t VALUES (2) RETURNING x", 403, "is read here; the database refused a write: attempt to write a readonly database"),
+    ("DELETE FROM t", 403, "is read here; the database refused a write: attempt to write a readonly database"),
+    ("WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c) SELECT count(*) FROM c", 504,
+     "the query ran past the statement timeout of 10 s (MODELDECK_PREVIEW_TIMEOUT_S)"),
+])
+def test_a_sqlite_source_is_read_only_and_bounded_too(admin: Client, stack: Stack, query: str, status: int,
+                                                      message: str | None) -> None:
+    import sqlite3
+
+    path = stack.tmp / f"{unique('lite')}.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE t (x integer)")
+        conn.execute("INSERT INTO t VALUES (1)")
+    name = unique("lite")
+    assert admin.post("/api/v1/datasources", json={"name": name, "kind": "sql", "url": f"sqlite:///{path}"}).status_code == 201
+    resp = admin.post(f"/api/v1/datasources/{name}/preview", json={"query": query})
+    assert resp.status_code == status, resp.text
+    if message is None:
+        assert resp.json()["rows"] == [[1]]
+    else:
+        assert message in resp.json()["error"]["message"]
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT x FROM t").fetchall() == [(1,)]

@@ -63,8 +63,10 @@ def engine_for(url: str) -> Engine:
     with _lock:
         engine = _engines.get(url)
         if engine is None:
-            engine = create_engine(parse_url(url), pool_pre_ping=True, pool_size=2, max_overflow=4,
-                                   hide_parameters=True)
+            parsed = parse_url(url)
+            # SQLite's pools are per thread or per file and take no size.
+            sizes = {} if parsed.get_backend_name() == "sqlite" else {"pool_size": 2, "max_overflow": 4}
+            engine = create_engine(parsed, pool_pre_ping=True, hide_parameters=True, **sizes)
             _engines[url] = engine
         return engine
 
@@ -167,16 +169,16 @@ def value_type(values: list[Any]) -> str:
     return "unknown"
 
 
-def _db_types(result: Any) -> list[str | None]:
+def _db_types(result: Any, dialect: str) -> list[str | None]:
     """Return the database's own type name per column where the driver says it (PostgreSQL)."""
     description = getattr(result.cursor, "description", None) or []
+    if dialect != "postgresql":
+        return [None] * len(description)
+    from psycopg.postgres import types as pg_types
+
     names: list[str | None] = []
-    try:
-        from psycopg.postgres import types as pg_types
-    except ImportError:
-        pg_types = None
     for col in description:
-        info = pg_types.get(col.type_code) if pg_types is not None and isinstance(col.type_code, int) else None
+        info = pg_types.get(col[1]) if isinstance(col[1], int) else None
         names.append(info.name if info is not None else None)
     return names
 
@@ -189,7 +191,7 @@ def preview(name: str, url: str, query: str, params: dict[str, Any], limit: int,
             if not result.returns_rows:
                 raise InvalidInputError(f"data source '{name}': the query returned no rows; a preview needs a SELECT")
             keys = list(result.keys())
-            db_types = _db_types(result)
+            db_types = _db_types(result, conn.dialect.name)
             fetched = result.fetchmany(limit + 1)
     except SQLAlchemyError as exc:
         # Not chained: SQLAlchemy's own text carries the statement and could carry connection details.
