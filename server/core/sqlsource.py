@@ -89,7 +89,7 @@ def describe_error(name: str, url: str | list[str], exc: SQLAlchemyError, timeou
     state = getattr(getattr(orig, "diag", None), "sqlstate", None) or getattr(orig, "sqlstate", None)
     message = _masked(str(orig), [url] if isinstance(url, str) else url)
     lowered = message.lower()
-    if state == "57014" or "interrupted" in lowered or "max_execution_time" in lowered:
+    if state == "57014" or "interrupted" in lowered or "max_execution_time" in lowered or "max_statement_time" in lowered:
         return GatewayTimeoutError(f"data source '{name}': the query ran past the statement timeout of "
                                    f"{timeout_s:g} s ({setting})", {"datasource": name})
     if state == "25006" or "read-only" in lowered or "readonly" in lowered or "query_only" in lowered:
@@ -113,8 +113,12 @@ def read_only(url: str, timeout_s: float) -> Iterator[Connection]:
                 conn.exec_driver_sql("SET TRANSACTION READ ONLY")
                 conn.execute(text("SELECT set_config('statement_timeout', :ms, true)"), {"ms": str(int(timeout_s * 1000))})
             elif dialect in ("mysql", "mariadb"):
+                # Untested here (no MySQL server on the test machine); the statements are MySQL's and MariaDB's own.
                 conn.exec_driver_sql("SET SESSION TRANSACTION READ ONLY")
-                conn.execute(text("SET SESSION max_execution_time = :ms"), {"ms": int(timeout_s * 1000)})
+                if getattr(engine.dialect, "is_mariadb", False):
+                    conn.execute(text("SET SESSION max_statement_time = :s"), {"s": timeout_s})
+                else:
+                    conn.execute(text("SET SESSION max_execution_time = :ms"), {"ms": int(timeout_s * 1000)})
             elif dialect == "sqlite":
                 raw = conn.connection.dbapi_connection
                 raw.execute("PRAGMA query_only = ON")
