@@ -6,12 +6,13 @@ import pickle
 import time
 import zipfile
 import io
+from typing import Any
 
 import pytest
 import skops.io as sio
 from sklearn.linear_model import LogisticRegression
 
-from conftest import IRIS_FEATURES, IRIS_SCHEMA, Client, repository_counts, unique
+from conftest import IRIS_FEATURES, IRIS_SCHEMA, Client, Proc, Stack, repository_counts, start_worker, unique
 from sample_models import NaNModel, RaisingModel, SlowModel
 
 
@@ -147,3 +148,31 @@ def test_model_needing_a_missing_library_is_reported(operator: Client) -> None:
     assert resp.status_code == 500
     assert resp.json()["error"]["message"] == (
         f"model '{name}' version 1 could not be loaded: torchscript models need torch, which this worker's environment lacks")
+
+
+def test_the_fast_lane_and_celerys_default_strategy_answer_alike(stack: Stack, worker: Proc, operator: Client,
+                                                                 iris_skops: bytes, iris: Any) -> None:
+    """Workers answer runtime.predict through runtime.fastlane; MODELDECK_WORKER_FAST_LANE=false restores Celery's path."""
+    model, X = iris
+    pool = unique("defaultlane").replace("-", "_")
+    default = start_worker(stack, pool, MODELDECK_WORKER_FAST_LANE="false")
+    try:
+        fast, slow = unique("fast"), unique("slow")
+        assert operator.upload(fast, iris_skops).status_code == 201
+        assert operator.upload(slow, iris_skops, pool=pool).status_code == 201
+        rows = X[:50].tolist()
+        answers = {}
+        for name in (fast, slow):
+            resp = operator.post(f"/api/v1/models/{name}/predict", json={"inputs": rows})
+            assert resp.status_code == 200, resp.text
+            answers[name] = resp.json()["predictions"]
+        assert answers[fast] == answers[slow] == model.predict(X[:50]).tolist()
+        assert "runtime.predict messages take the fast lane" in worker.log.read_text()
+        assert "runtime.predict messages take the fast lane" not in default.log.read_text()
+        # A model failure comes back the same way on both lanes: a clear error naming the model, not a hang.
+        for name in (fast, slow):
+            bad = operator.post(f"/api/v1/models/{name}/predict", json={"inputs": [[1.0, 2.0]]})
+            assert bad.status_code == 500 and bad.json()["error"]["code"] == "model_error"
+            assert bad.json()["error"]["message"].startswith(f"model '{name}' version 1 raised ValueError: X has 2 features")
+    finally:
+        default.stop()

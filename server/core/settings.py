@@ -77,6 +77,7 @@ class Settings(BaseSettings):
     metrics_hourly_retention_days: float = Field(default=90.0, gt=0)
     metrics_rollup_interval_s: float = Field(default=300.0, gt=0)
     pool_sample_interval_s: float = Field(default=15.0, gt=0)
+    worker_fast_lane: bool = True
     prediction_log_retention_days: float = Field(default=7.0, gt=0)
     prediction_log_max_bytes: int = Field(default=16384, ge=256)
     alert_interval_s: float = Field(default=60.0, gt=0)

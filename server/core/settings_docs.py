@@ -53,6 +53,7 @@ FIELD_DOCS: dict[str, str] = {
     'metrics_raw_retention_days': "Minute buckets older than this are folded into hourly ones.",
     'metrics_hourly_retention_days': "Hourly buckets older than this are deleted.",
     'metrics_rollup_interval_s': "How often an API process runs the roll-up and expiry.",
+    'worker_fast_lane': "Workers answer synchronous predictions through ModelDeck's lean Celery task strategy ([runtime](runtime.md)); `false`: Celery's default strategy, to measure or rule out the fast lane.",
     'pool_sample_interval_s': "How often each pool's workers and queue depth are recorded for the charts over time (kept as long as minute buckets).",
     'prediction_log_retention_days': "Logged prediction inputs older than this are deleted.",
     'prediction_log_max_bytes': "Largest logged payload per request (JSON bytes); rows past it are dropped and the entry marked `truncated`.",
