@@ -82,7 +82,7 @@ def predict(ctx: Context, principal: Principal, name: str, inputs: Any, ref: int
     """Validate rows and run them on a worker of the model's pool, waiting for the answer."""
     started = time.perf_counter()
     doc = resolve(ctx, principal, name, ref)
-    rows = validate_rows(inputs, doc.get("input_schema"))
+    rows = validate_rows(inputs, doc.get("input_schema"), ctx.settings.max_predict_rows)
     cold_pool = check_pool(ctx, doc, wait=True)
     routed = time.perf_counter()
     # A worker started for this request still imports its libraries: allow it the cold-start budget.
@@ -110,7 +110,7 @@ def predict(ctx: Context, principal: Principal, name: str, inputs: Any, ref: int
 def submit_job(ctx: Context, principal: Principal, name: str, inputs: Any, ref: int | str | None) -> dict[str, Any]:
     """Validate rows, record a queued job and send it durably; the job is removed if sending fails."""
     doc = resolve(ctx, principal, name, ref)
-    rows = validate_rows(inputs, doc.get("input_schema"))
+    rows = validate_rows(inputs, doc.get("input_schema"), ctx.settings.max_predict_rows)
     check_pool(ctx, doc)
     job_id = "job_" + uuid.uuid4().hex
     params = {"model": name, "version": doc["version"], "spec": task_spec(doc), "rows": rows}
