@@ -13,9 +13,11 @@ from flask import Blueprint, Response, current_app, g, request
 from pydantic import BaseModel, ValidationError
 
 from server.auth import ANYONE, require_role
-from server.core.errors import InvalidInputError, PayloadTooLargeError, UnauthorizedError
+from server.core.errors import InvalidInputError, PayloadTooLargeError, UnauthorizedError, UnsupportedMediaTypeError
+from server.validation import short_repr
 
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_NON_JSON_NUMBERS = (b"NaN", b"Infinity", b"-Infinity")
 
 
 @dataclass
@@ -105,6 +107,15 @@ def json_response(data: Any, status: int = 200) -> Response:
 def read_json() -> Any:
     """Parse the request body as JSON, enforcing the JSON body size limit."""
     limit = current_app.extensions["modeldeck"].settings.max_body_kb * 1024
+    # A body that says it is something else, or compressed, is refused rather than guessed at (or inflated).
+    if request.content_type and not (request.mimetype == "application/json" or request.mimetype.endswith("+json")):
+        raise UnsupportedMediaTypeError(
+            f"Content-Type must be application/json, got {request.mimetype!r}; send the body as JSON with that header",
+            {"content_type": request.mimetype})
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise UnsupportedMediaTypeError(
+            f"Content-Encoding {encoding!r} is not accepted; send the JSON body uncompressed", {"content_encoding": encoding})
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLargeError(
             f"request body is {request.content_length} bytes; the limit is {limit} bytes (MODELDECK_MAX_BODY_KB)"
@@ -117,7 +128,17 @@ def read_json() -> Any:
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise InvalidInputError(f"request body is not valid JSON: {exc}") from exc
+        hint = ""
+        if raw[exc.pos:exc.pos + 9].startswith(_NON_JSON_NUMBERS) or "infinity" in exc.msg:
+            hint = "; NaN and Infinity are not JSON numbers: send finite numbers (or null where the model allows it)"
+        raise InvalidInputError(f"request body is not valid JSON: {exc}{hint}") from exc
+
+
+def _shown(value: Any) -> str:
+    """Return a received value for a message: at most 80 characters of its repr, even when nested too deep for repr()."""
+    if isinstance(value, (str, bytes)):
+        return repr(value[:100])[:80]
+    return short_repr(value)[:80]
 
 
 def describe_errors(exc: ValidationError, where: str) -> tuple[str, list[dict[str, Any]]]:
@@ -127,7 +148,7 @@ def describe_errors(exc: ValidationError, where: str) -> tuple[str, list[dict[st
     for err in exc.errors(include_url=False):
         loc = ".".join(str(p) for p in err["loc"]) or "(root)"
         given = err.get("input")
-        shown = "nothing" if err["type"] == "missing" else repr(given)[:80]
+        shown = "nothing" if err["type"] == "missing" else _shown(given)
         parts.append(f"{where} '{loc}': {err['msg']}, got {shown}")
         problems.append({"field": loc, "message": err["msg"], "type": err["type"]})
     return "; ".join(parts), problems

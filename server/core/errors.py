@@ -49,6 +49,10 @@ class PayloadTooLargeError(ModelDeckError):
     code, status = "payload_too_large", 413
 
 
+class UnsupportedMediaTypeError(ModelDeckError):
+    code, status = "unsupported_media_type", 415
+
+
 class TooManyRequestsError(ModelDeckError):
     code, status = "too_many_requests", 429
 
