@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from audit_query import append_bulk  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-PAGES = ["overview", "predict", "monitoring", "models", "runtimes", "audit", "keys"]
+PAGES = ["overview", "predict", "monitoring", "models", "runtimes", "audit", "keys", "datasources", "jobs"]
 
 
 def main() -> None:
