@@ -6,8 +6,10 @@ committed chunk; a job asked to cancel stops between chunks.
 
 from __future__ import annotations
 
+import decimal
 import json
 import logging
+import math
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -51,6 +53,30 @@ def _score(state: WorkerState, spec: dict[str, Any], features: list[list[Any]]) 
     return [json.dumps(p) if isinstance(p, (list, dict)) else p for p in outcome["predictions"]]
 
 
+def numeric_features(rows: list[list[Any]], names: list[str], first_row: int) -> Any:
+    """Return a chunk's features as a float array, or raise naming the first value that is not a finite number.
+
+    The worker's scikit-learn runs with finiteness checks off (the API validates predict inputs); batch rows
+    come straight from the source, so a NULL or NaN here would otherwise become a silent wrong prediction.
+    """
+    import numpy as np
+
+    try:
+        matrix = np.asarray(rows, dtype=np.float64)
+        bad = np.argwhere(~np.isfinite(matrix))
+    except (TypeError, ValueError):
+        bad = None
+    if bad is not None and not len(bad):
+        return matrix
+    for i, row in enumerate(rows):
+        for name, value in zip(names, row):
+            ok = isinstance(value, (int, float, decimal.Decimal)) and not isinstance(value, bool) and math.isfinite(value)
+            if not ok:
+                raise BatchError("invalid_input", f"source row {first_row + i}, column '{name}': expected a number, "
+                                                  f"got {value!r}"[:300])
+    return matrix
+
+
 def score_job(state: WorkerState, job: dict[str, Any]) -> dict[str, Any] | None:
     """Score every remaining chunk; return the result, or None when the job was cancelled."""
     params, job_id = job["params"], job["_id"]
@@ -68,7 +94,10 @@ def score_job(state: WorkerState, job: dict[str, Any]) -> dict[str, Any] | None:
             return None
         feature_idx = [columns.index(f) for f in params["features"]]
         carried = [columns.index(c) for c in out_columns[1:-1]]
-        predictions = _score(state, params["spec"], [[row[i] for i in feature_idx] for row in rows])
+        features: Any = [[row[i] for i in feature_idx] for row in rows]
+        if params.get("feature_types") and all(t in ("number", "integer") for t in params["feature_types"]):
+            features = numeric_features(features, params["features"], done.rows)
+        predictions = _score(state, params["spec"], features)
         out = [(done.rows + n, *(row[i] for i in carried), p) for n, (row, p) in enumerate(zip(rows, predictions))]
         done = Committed(done.chunks + 1, done.rows + len(rows), rows[-1][columns.index(key)] if key else None)
         sink.write(done.chunks, out_columns, out, done)

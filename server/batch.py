@@ -135,6 +135,7 @@ def submit_batch(ctx: Context, principal: Principal, model: str, ref: int | str 
     job_id = "job_" + uuid.uuid4().hex
     params = {"model": model, "version": doc["version"], "spec": predictions.task_spec(doc), "source": src,
               "destination": dest, "features": features, "keep": [c for c in source.keep if c != key],
+              "feature_types": [f["type"] for f in doc.get("input_schema") or []] or None,
               "chunk_rows": chunk_rows or ctx.settings.batch_chunk_rows}
     progress = {"rows_done": 0, "rows_total": None, "chunks_done": 0}
     job = jobs_repo.create_job(ctx.db, job_id, "batch", principal.subject, params, ctx.settings.batch_result_ttl_s, progress)

@@ -308,3 +308,16 @@ def test_an_expired_result_is_purged_with_its_file(stack: Stack, operator: Clien
     jobs_repo.purge_expired_jobs(stack.db)
     assert stack.db.artifacts.find_one({"_id": sha}) is None
     assert stack.db.artifact_chunks.count_documents({"sha256": sha}) == 0
+
+
+def test_a_null_feature_fails_the_job_naming_the_row_and_column(operator: Client, wh: str, model: str,
+                                                               source_db: Postgres) -> None:
+    source_db.execute("CREATE TABLE holes AS SELECT * FROM iris_rows WHERE id <= 30")
+    source_db.execute("UPDATE holes SET petal_width = NULL WHERE id = 25")
+    job = wait_done(operator, start(operator, {"model": model, "source": {"datasource": wh, "query": "SELECT * FROM holes",
+                                                                         "key": "id"},
+                                               "destination": {"format": "csv"}, "chunk_rows": 10}))
+    assert job["status"] == "failed"
+    assert job["error"] == {"code": "invalid_input",
+                            "message": "source row 24, column 'petal_width': expected a number, got None"}
+    assert job["progress"]["rows_done"] == 20  # the chunks before it were committed
