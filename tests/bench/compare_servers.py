@@ -1,0 +1,632 @@
+"""Serve one model with ModelDeck, BentoML and MLflow side by side on this machine and compare (DESIGN.md §9).
+
+Usage (no stack needs to be running; nothing here touches .modeldeck/):
+    .venv/bin/python tests/bench/compare_servers.py [--n 2000] [--warmup 200] [--seconds 10]
+        [--skip-bentoml] [--skip-mlflow] [--venvs .bench-venvs] [--json results.json]
+
+A LogisticRegression(max_iter=500) on iris is served three ways, each on a free loopback port:
+- ModelDeck: a private stack (`installer.stack.up`) with its own MODELDECK_HOME (a temp dir), queue prefix
+  and embedded nx-27017 port, reusing the RabbitMQ that answers at MODELDECK_BROKER_URL; the model is
+  uploaded as skops. The console is stopped right after `up`: it is not measured.
+- BentoML (>= 1.4): `bentoml serve` of a one-class service that loads the model from a joblib file.
+- MLflow (>= 3): `mlflow models serve --env-manager local --workers 1` of an `mlflow.sklearn.save_model` dir.
+BentoML and MLflow run from their own virtual environments under --venvs (made on first use, pip output to
+<venvs>/<name>-install.log, reused while they import); a server that cannot be installed or started is
+reported as skipped and the others go on.
+
+Per server: --warmup then --n sequential single-row requests on one persistent session (p50/p90/p99),
+then throughput with 1, 4 and 16 client threads (one session each) for --seconds each. ModelDeck also:
+100-row requests (p50 against its single-row p50) and the cold first predict of a fresh ~10 MB model
+right after its upload. The clients run on the same machine as the servers, so they share its CPUs.
+Loopback only; bounded by the request counts and durations above.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import requests
+import sklearn
+import skops.io as sio
+from sklearn.datasets import load_iris
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+CONCURRENCY = (1, 4, 16)
+INSTALL_TIMEOUT_S = 1800
+START_TIMEOUT_S = 180
+COLD_MODEL_BYTES = 10 * 1024 * 1024
+# DESIGN.md §9: p50 <= BentoML's and <= 0.6 x MLflow's; p99 <= 2 x p50; throughput@16 >= BentoML's;
+# cold first predict of a 10 MB model < 1 s.
+MLFLOW_FACTOR = 0.6
+P99_OVER_P50_MAX = 2.0
+COLD_MAX_MS = 1000.0
+
+BENTO_SERVICE = '''\
+"""The benchmark's BentoML service: the iris model from a joblib file, one predict endpoint."""
+
+import os
+
+import bentoml
+import joblib
+import numpy as np
+
+
+@bentoml.service(workers=1)
+class IrisClassifier:
+    def __init__(self) -> None:
+        self.model = joblib.load(os.environ["BENCH_MODEL_PATH"])
+
+    @bentoml.api
+    def predict(self, rows: list[list[float]]) -> list[int]:
+        return self.model.predict(np.asarray(rows, dtype=float)).tolist()
+'''
+
+# Run with a venv's python whose scikit-learn differs from ours: a pickle does not load across versions.
+RETRAIN = '''\
+import sys
+
+import joblib
+from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
+
+X, y = load_iris(return_X_y=True)
+joblib.dump(LogisticRegression(max_iter=500).fit(X, y), sys.argv[1])
+'''
+
+# Run with the MLflow venv's python: save the model (retrained there if its scikit-learn differs from ours).
+MLFLOW_SAVE = '''\
+import sys
+
+import joblib
+import mlflow.sklearn
+import sklearn
+
+model_path, out_dir, our_version = sys.argv[1:4]
+if sklearn.__version__ == our_version:
+    model = joblib.load(model_path)
+else:
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+    X, y = load_iris(return_X_y=True)
+    model = LogisticRegression(max_iter=500).fit(X, y)
+mlflow.sklearn.save_model(model, out_dir, pip_requirements=["scikit-learn==" + sklearn.__version__])
+'''
+
+
+@dataclass
+class Result:
+    """What was measured for one server (or why it was skipped)."""
+
+    name: str
+    skipped: str = ""
+    p50: float | None = None
+    p90: float | None = None
+    p99: float | None = None
+    throughput: dict[int, float] = field(default_factory=dict)
+    errors: dict[int, int] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Target:
+    """How to send one predict request to a server and tell whether it succeeded."""
+
+    url: str
+    body: Callable[[list[list[float]]], dict[str, Any]]
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def session(self) -> requests.Session:
+        s = requests.Session()
+        s.headers.update(self.headers)
+        return s
+
+    def send(self, session: requests.Session, rows: list[list[float]], timeout: float = 30) -> requests.Response:
+        return session.post(self.url, json=self.body(rows), timeout=timeout)
+
+
+def free_port() -> int:
+    """Return a port nobody listens on at the moment."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+
+
+def latencies(target: Target, rows: list[list[float]], n: int, warmup: int) -> list[float]:
+    """Send warmup then n requests one after another on one session; return the n latencies in ms."""
+    session = target.session()
+    out = []
+    for i in range(warmup + n):
+        t = time.perf_counter()
+        resp = target.send(session, rows)
+        elapsed = (time.perf_counter() - t) * 1000
+        if resp.status_code != 200:
+            raise RuntimeError(f"{target.url} answered {resp.status_code}: {resp.text[:300]}")
+        if i >= warmup:
+            out.append(elapsed)
+    session.close()
+    return out
+
+
+def throughput(target: Target, rows: list[list[float]], clients: int, seconds: float) -> tuple[float, int]:
+    """Run `clients` threads, each sending requests back to back for `seconds`; return (req/s, errors)."""
+    ok = [0] * clients
+    errors = [0] * clients
+    start = threading.Barrier(clients + 1)
+    deadline = [0.0]
+
+    def client(i: int) -> None:
+        session = target.session()
+        start.wait()
+        while time.perf_counter() < deadline[0]:
+            try:
+                resp = target.send(session, rows)
+                if resp.status_code == 200:
+                    ok[i] += 1
+                else:
+                    errors[i] += 1
+            except requests.RequestException:
+                errors[i] += 1
+        session.close()
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
+    for t in threads:
+        t.start()
+    began = time.perf_counter()
+    deadline[0] = began + seconds
+    start.wait()
+    for t in threads:
+        t.join(seconds + 60)
+    return sum(ok) / (time.perf_counter() - began), sum(errors)
+
+
+def measure(result: Result, target: Target, row: list[float], args: argparse.Namespace) -> None:
+    """Fill in latency percentiles and throughput at each concurrency."""
+    lat = latencies(target, [row], args.n, args.warmup)
+    result.p50, result.p90, result.p99 = pct(lat, 0.5), pct(lat, 0.9), pct(lat, 0.99)
+    print(f"  {result.name}: {args.n} sequential single-row requests: p50 {result.p50:.2f} ms, "
+          f"p90 {result.p90:.2f} ms, p99 {result.p99:.2f} ms", flush=True)
+    for clients in CONCURRENCY:
+        rps, errs = throughput(target, [row], clients, args.seconds)
+        result.throughput[clients], result.errors[clients] = rps, errs
+        print(f"  {result.name}: {clients:>2} clients for {args.seconds:g} s: {rps:.1f} req/s, {errs} errors", flush=True)
+
+
+# ---------------------------------------------------------------- processes we start (by pid, own session)
+
+def spawn(cmd: list[str], log: Path, env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as f:
+        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                cwd=cwd, start_new_session=True)
+
+
+def terminate(proc: subprocess.Popen[bytes] | None) -> None:
+    """Stop a process we started and its process group: SIGTERM, then SIGKILL after 15 s."""
+    if proc is None or proc.poll() is not None:
+        return
+    for sig, wait_s in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = START_TIMEOUT_S) -> None:
+    """Wait until GET url answers 200; fail with the log's tail if the process exits or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited with status {proc.returncode}; last lines of {log}:\n{log_tail(log)}")
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"did not answer {url} within {timeout_s:.0f} s; last lines of {log}:\n{log_tail(log)}")
+
+
+def log_tail(path: Path, lines: int = 15) -> str:
+    text = path.read_text(errors="replace") if path.exists() else "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+# ---------------------------------------------------------------- virtual environments for the other servers
+
+def ensure_venv(venvs: Path, name: str, packages: list[str], module: str) -> tuple[Path | None, str, float | None]:
+    """Return (python, note, install seconds or None when reused); python is None with the reason when it fails."""
+    venv = venvs / name
+    python = venv / "bin" / "python"
+    check = [str(python), "-c", f"import {module}, sklearn; print({module}.__version__, sklearn.__version__)"]
+
+    def probe() -> str | None:
+        if not python.exists():
+            return None
+        done = subprocess.run(check, capture_output=True, text=True, timeout=120, check=False)
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    versions = probe()
+    if versions:
+        return python, f"reused {venv} ({module} {versions.split()[0]}, scikit-learn {versions.split()[1]})", None
+    log = venvs / f"{name}-install.log"
+    print(f"  installing {' '.join(packages)} into {venv} (pip output: {log}) ...", flush=True)
+    started = time.monotonic()
+    shutil.rmtree(venv, ignore_errors=True)
+    venvs.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as f:
+        try:
+            made = subprocess.run([sys.executable, "-m", "venv", str(venv)], stdout=f, stderr=subprocess.STDOUT,
+                                  timeout=300, check=False)
+            if made.returncode != 0:
+                return None, f"python -m venv failed (status {made.returncode}); see {log}", None
+            pip = [str(python), "-m", "pip", "install", "--progress-bar", "off"]
+            done = subprocess.run(pip + packages + [f"scikit-learn=={sklearn.__version__}"], stdout=f,
+                                  stderr=subprocess.STDOUT, timeout=INSTALL_TIMEOUT_S, check=False)
+            if done.returncode != 0:
+                # Our scikit-learn may not install beside this package; take the one pip picks (the model is
+                # then retrained in that venv, since a pickle does not load across scikit-learn versions).
+                f.write("\n--- retrying without pinning scikit-learn ---\n")
+                f.flush()
+                done = subprocess.run(pip + packages + ["scikit-learn"], stdout=f, stderr=subprocess.STDOUT,
+                                      timeout=INSTALL_TIMEOUT_S, check=False)
+        except subprocess.TimeoutExpired:
+            return None, f"pip install took over {INSTALL_TIMEOUT_S} s; see {log}", None
+    seconds = time.monotonic() - started
+    if done.returncode != 0:
+        last = [ln for ln in log_tail(log, 40).splitlines() if "ERROR" in ln or "error" in ln][-1:] or ["see the log"]
+        return None, f"pip install failed (status {done.returncode}): {last[0].strip()[:200]} ({log})", seconds
+    versions = probe()
+    if not versions:
+        return None, f"installed, but `import {module}` fails; see {log}", seconds
+    return python, f"installed in {seconds:.0f} s ({module} {versions.split()[0]}, scikit-learn {versions.split()[1]})", seconds
+
+
+def venv_env(python: Path) -> dict[str, str]:
+    """Return our environment as if the venv were activated: the servers start its tools (uvicorn) by name."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "PYTHONPATH")}
+    env["VIRTUAL_ENV"] = str(python.parent.parent)
+    env["PATH"] = str(python.parent) + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def venv_sklearn(python: Path) -> str:
+    done = subprocess.run([str(python), "-c", "import sklearn; print(sklearn.__version__)"], capture_output=True,
+                          text=True, timeout=120, check=True)
+    return done.stdout.strip()
+
+
+def run_bentoml(args: argparse.Namespace, work: Path, model: LogisticRegression, row: list[float]) -> Result:
+    """Install (or reuse) BentoML, serve the model with `bentoml serve` and measure it."""
+    result = Result("BentoML")
+    python, note, secs = ensure_venv(args.venvs, "bentoml", ["bentoml>=1.4", "joblib"], "bentoml")
+    result.extra.update(venv=note, install_s=secs)
+    print(f"  BentoML venv: {note}", flush=True)
+    if python is None:
+        result.skipped = note
+        return result
+    folder = work / "bentoml"
+    folder.mkdir()
+    model_path = folder / "model.joblib"
+    theirs = venv_sklearn(python)
+    if theirs == sklearn.__version__:
+        joblib.dump(model, model_path)
+    else:
+        print(f"  BentoML venv has scikit-learn {theirs} (ours {sklearn.__version__}): retraining there", flush=True)
+        subprocess.run([str(python), "-c", RETRAIN, str(model_path)], check=True, timeout=300)
+    (folder / "service.py").write_text(BENTO_SERVICE)
+    port = free_port()
+    env = {**venv_env(python), "BENCH_MODEL_PATH": str(model_path), "BENTOML_DO_NOT_TRACK": "True",
+           "BENTOML_HOME": str(folder / "home"), "PYTHONUNBUFFERED": "1"}
+    log = folder / "serve.log"
+    bentoml = python.with_name("bentoml")
+    proc = spawn([str(bentoml), "serve", "service:IrisClassifier", "--host", "127.0.0.1", "--port", str(port)],
+                 log, env, folder)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/readyz", proc, log)
+        target = Target(f"http://127.0.0.1:{port}/predict", lambda rows: {"rows": rows})
+        check = target.send(requests.Session(), [row])
+        if check.status_code != 200:
+            raise RuntimeError(f"predict answered {check.status_code}: {check.text[:300]}")
+        result.extra["answer"] = check.json()
+        measure(result, target, row, args)
+    except (RuntimeError, requests.RequestException, subprocess.SubprocessError) as exc:
+        result.skipped = f"bentoml serve failed: {exc}"
+    finally:
+        terminate(proc)
+    return result
+
+
+def run_mlflow(args: argparse.Namespace, work: Path, model_path: Path, row: list[float]) -> Result:
+    """Install (or reuse) MLflow, save the model as an MLflow model, serve it and measure it."""
+    result = Result("MLflow")
+    python, note, secs = ensure_venv(args.venvs, "mlflow", ["mlflow>=3"], "mlflow")
+    result.extra.update(venv=note, install_s=secs)
+    print(f"  MLflow venv: {note}", flush=True)
+    if python is None:
+        result.skipped = note
+        return result
+    folder = work / "mlflow"
+    folder.mkdir()
+    saved = folder / "model"
+    env = {**venv_env(python), "MLFLOW_TRACKING_URI": (folder / "mlruns").as_uri(), "PYTHONUNBUFFERED": "1",
+           "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+    log = folder / "serve.log"
+    proc = None
+    try:
+        with open(log, "ab") as f:
+            subprocess.run([str(python), "-c", MLFLOW_SAVE, str(model_path), str(saved), sklearn.__version__],
+                           stdout=f, stderr=subprocess.STDOUT, env=env, cwd=folder, timeout=300, check=True)
+        port = free_port()
+        mlflow = python.with_name("mlflow")
+        proc = spawn([str(mlflow), "models", "serve", "-m", str(saved), "--env-manager", "local",
+                      "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], log, env, folder)
+        wait_http(f"http://127.0.0.1:{port}/ping", proc, log)
+        target = Target(f"http://127.0.0.1:{port}/invocations", lambda rows: {"inputs": rows})
+        check = target.send(requests.Session(), [row])
+        if check.status_code != 200:
+            raise RuntimeError(f"/invocations answered {check.status_code}: {check.text[:300]}")
+        result.extra["answer"] = check.json()
+        measure(result, target, row, args)
+    except subprocess.CalledProcessError as exc:
+        result.skipped = f"mlflow.sklearn.save_model failed (status {exc.returncode}): {log_tail(log, 5)}"
+    except (RuntimeError, requests.RequestException, subprocess.SubprocessError) as exc:
+        result.skipped = f"mlflow models serve failed: {exc}"
+    finally:
+        terminate(proc)
+    return result
+
+
+# ---------------------------------------------------------------- ModelDeck
+
+def cold_model(target_bytes: int) -> tuple[bytes, int]:
+    """Return a RandomForest on 4 features (iris-shaped rows) dumped as skops at about target_bytes, and its trees."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(5000, 4))
+    y = rng.integers(0, 3, size=5000)  # random labels grow full-depth trees of predictable size
+    probe = len(sio.dumps(RandomForestClassifier(n_estimators=4, random_state=0).fit(X, y))) / 4
+    trees = max(1, round(target_bytes / probe))
+    return sio.dumps(RandomForestClassifier(n_estimators=trees, random_state=0).fit(X, y)), trees
+
+
+def run_modeldeck(args: argparse.Namespace, work: Path, model: LogisticRegression, X: np.ndarray) -> Result:
+    """Bring up a private stack, upload the model as skops, measure, then the cold start of a ~10 MB model."""
+    result = Result("ModelDeck")
+    tag = uuid.uuid4().hex[:8]
+    home = work / "modeldeck-home"
+    # child_env passes our environment to the stack's processes: these make the stack private.
+    os.environ.update({
+        "MODELDECK_HOME": str(home), "MODELDECK_QUEUE_PREFIX": f"bench-compare-{tag}.",
+        "MODELDECK_EMBEDDED_MONGO_PORT": str(free_port()), "MODELDECK_API_HOST": "127.0.0.1",
+        "MODELDECK_API_PORT": str(free_port()), "MODELDECK_CONSOLE_HOST": "127.0.0.1",
+        "MODELDECK_CONSOLE_PORT": str(free_port()),
+    })
+    for var in ("MODELDECK_MONGO_URL", "MODELDECK_SECRET_KEY", "MODELDECK_CONSOLE_KEYCLOAK_REALM_URL"):
+        os.environ.pop(var, None)  # the embedded repository in the temp home, its own generated key
+    from installer.processes import Layout, stop
+    from installer.services import StackError
+    from installer.stack import api_url, down, up
+    from server.core.settings import load_settings
+
+    settings = load_settings()
+    os.environ["MODELDECK_CONSOLE_API_URL"] = api_url(settings)
+    if not api_url(settings).startswith("http://127."):
+        raise SystemExit("benchmarks only run against a loopback address")
+    try:
+        started = time.monotonic()
+        key = up(settings)
+        stop(Layout(settings.home.resolve()), "console")  # not measured; its CPU would only add noise
+        result.extra["stack_up_s"] = round(time.monotonic() - started, 1)
+        print(f"  ModelDeck stack up at {api_url(settings)} in {result.extra['stack_up_s']} s "
+              f"(home {home}, queue {settings.queue_name('cpu')}; api workers {settings.api_workers} x "
+              f"{settings.api_threads} threads, worker concurrency {settings.worker_concurrency})", flush=True)
+        base = api_url(settings) + "/api/v1"
+        auth = {"Authorization": f"Bearer {key}"}
+        session = requests.Session()
+        session.headers.update(auth)
+
+        def upload(name: str, blob: bytes) -> float:
+            meta = {"name": name, "format": "skops", "pool": "cpu"}
+            t = time.perf_counter()
+            resp = session.post(base + "/models", files={"file": (f"{name}.skops", io.BytesIO(blob)),
+                                                         "metadata": (None, json.dumps(meta))}, timeout=300)
+            if resp.status_code not in (200, 201):
+                raise RuntimeError(f"upload of {name} answered {resp.status_code}: {resp.text[:300]}")
+            return (time.perf_counter() - t) * 1000
+
+        upload("bench-iris", sio.dumps(model))
+        target = Target(base + "/models/bench-iris/predict", lambda rows: {"inputs": rows}, auth)
+        measure(result, target, X[0].tolist(), args)
+
+        batch = X[:100].tolist()
+        lat100 = latencies(target, batch, args.n_batch, min(args.warmup, 50))
+        result.extra["p50_100_rows_ms"] = pct(lat100, 0.5)
+        print(f"  ModelDeck: {args.n_batch} sequential 100-row requests: p50 {pct(lat100, 0.5):.2f} ms", flush=True)
+
+        blob, trees = cold_model(COLD_MODEL_BYTES)
+        upload_ms = upload("bench-cold", blob)
+        t = time.perf_counter()
+        first = session.post(base + "/models/bench-cold/predict", json={"inputs": [X[0].tolist()]}, timeout=120)
+        first_ms = (time.perf_counter() - t) * 1000
+        if first.status_code != 200:
+            raise RuntimeError(f"first predict of bench-cold answered {first.status_code}: {first.text[:300]}")
+        body = first.json()
+        result.extra["cold"] = {"model_mb": round(len(blob) / 2**20, 1), "trees": trees, "upload_ms": upload_ms,
+                                "first_predict_ms": first_ms, "upload_to_answer_ms": upload_ms + first_ms,
+                                "worker_load_ms": body.get("timings", {}).get("load_ms"),
+                                "pool_cold_start": body.get("cold_start")}  # the pool had to start a worker
+        print(f"  ModelDeck: cold {len(blob) / 2**20:.1f} MB RandomForest ({trees} trees): upload {upload_ms:.0f} ms, "
+              f"first predict {first_ms:.0f} ms (worker load_ms {result.extra['cold']['worker_load_ms']}, "
+              f"pool started from zero: {body.get('cold_start')})", flush=True)
+    except (StackError, RuntimeError, requests.RequestException) as exc:
+        result.skipped = f"ModelDeck failed: {exc}"
+    finally:
+        stopped = down(settings)
+        print(f"  ModelDeck stack down (stopped {', '.join(stopped) or 'nothing'})", flush=True)
+        delete_queues(settings.broker_url, [settings.queue_name("cpu")])
+    return result
+
+
+def delete_queues(broker_url: str, queues: list[str]) -> None:
+    """Remove the private stack's queues from the shared broker (best effort)."""
+    import pika
+
+    params = pika.URLParameters(broker_url)
+    if params.virtual_host in ("", "/"):  # amqp://...:5672// means the default vhost, as in broker_answers
+        params.virtual_host = "/"
+    try:
+        conn = pika.BlockingConnection(params)
+        channel = conn.channel()
+        for queue in queues:
+            channel.queue_delete(queue)
+        conn.close()
+    except pika.exceptions.AMQPError:
+        pass
+
+
+# ---------------------------------------------------------------- report
+
+def announce(result: Result) -> Result:
+    """Print the skip reason as soon as a server is skipped."""
+    if result.skipped:
+        print(f"  skipped: {result.name}: {result.skipped}", flush=True)
+    return result
+
+
+def ratios(md: Result, bento: Result, mlflow: Result) -> list[tuple[str, float | None, str, bool | None]]:
+    """Return (what, value, target, met) for each of ModelDeck's targets; value None when not measurable."""
+    usable = md.p50 is not None
+    b = bento if not bento.skipped and bento.p50 else None
+    m = mlflow if not mlflow.skipped and mlflow.p50 else None
+    out: list[tuple[str, float | None, str, bool | None]] = []
+    v = md.p50 / b.p50 if usable and b and b.p50 else None
+    out.append(("p50 / BentoML p50", v, "<= 1.0", None if v is None else v <= 1.0))
+    v = md.p50 / (MLFLOW_FACTOR * m.p50) if usable and m and m.p50 else None
+    out.append((f"p50 / ({MLFLOW_FACTOR} x MLflow p50)", v, "<= 1.0", None if v is None else v <= 1.0))
+    v = md.p99 / md.p50 if usable and md.p99 and md.p50 else None
+    out.append(("p99 / p50", v, f"<= {P99_OVER_P50_MAX:g}", None if v is None else v <= P99_OVER_P50_MAX))
+    v = md.extra["p50_100_rows_ms"] / md.p50 if usable and "p50_100_rows_ms" in md.extra else None
+    out.append(("100-row p50 / 1-row p50", v, "(no target)", None))
+    v = md.throughput[16] / b.throughput[16] if b and b.throughput.get(16) and md.throughput.get(16) else None
+    out.append(("req/s @16 / BentoML req/s @16", v, ">= 1.0", None if v is None else v >= 1.0))
+    cold = md.extra.get("cold")
+    v = cold["first_predict_ms"] if cold else None
+    out.append((f"cold: first predict of {cold['model_mb'] if cold else '~10'} MB model, ms", v,
+                f"< {COLD_MAX_MS:g}", None if v is None else v < COLD_MAX_MS))
+    v = cold["upload_to_answer_ms"] if cold else None
+    out.append(("cold: upload start -> first answer, ms", v, "(no target)", None))
+    v = cold["worker_load_ms"] if cold else None
+    out.append(("cold: worker timings.load_ms", v, "(no target)", None))
+    return out
+
+
+def fmt(v: float | None, spec: str = ".2f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def print_table(results: list[Result], checks: list[tuple[str, float | None, str, bool | None]]) -> None:
+    head = ["server", "p50 ms", "p90 ms", "p99 ms"] + [f"req/s @{c}" for c in CONCURRENCY] + ["errors @1/4/16"]
+    rows = []
+    for r in results:
+        if r.skipped:
+            rows.append([r.name, "skipped"] + [""] * (len(head) - 2))
+            continue
+        rows.append([r.name, fmt(r.p50), fmt(r.p90), fmt(r.p99)]
+                    + [fmt(r.throughput.get(c), ".1f") for c in CONCURRENCY]
+                    + ["/".join(str(r.errors.get(c, "-")) for c in CONCURRENCY)])
+    widths = [max(len(str(row[i])) for row in [head, *rows]) for i in range(len(head))]
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in rows:
+        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths)) + " |")
+    for r in results:
+        if r.skipped:
+            print(f"skipped: {r.name}: {r.skipped}")
+    print()
+    print("ModelDeck targets (DESIGN.md §9):")
+    for what, value, target, met in checks:
+        verdict = "n/a" if met is None and target != "(no target)" else ("" if met is None else ("met" if met else "NOT MET"))
+        print(f"  {what:<40} {fmt(value, '.2f'):>9}   target {target:<12} {verdict}".rstrip())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=2000, help="measured sequential single-row requests per server")
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--seconds", type=float, default=10.0, help="duration of each throughput run")
+    parser.add_argument("--n-batch", type=int, default=300, help="measured 100-row requests (ModelDeck)")
+    parser.add_argument("--skip-bentoml", action="store_true")
+    parser.add_argument("--skip-mlflow", action="store_true")
+    parser.add_argument("--venvs", type=Path, default=ROOT / ".bench-venvs", help="where the BentoML/MLflow venvs go")
+    parser.add_argument("--json", type=Path, help="also write the results to this file")
+    args = parser.parse_args()
+    args.venvs = args.venvs.resolve()
+
+    cpus = os.cpu_count()
+    load_before = os.getloadavg()
+    print(f"CPUs: {cpus}; load average before (1, 5, 15 min): {', '.join(f'{v:.2f}' for v in load_before)}", flush=True)
+    X, y = load_iris(return_X_y=True)
+    model = LogisticRegression(max_iter=500).fit(X, y)
+    row = X[0].tolist()
+    with tempfile.TemporaryDirectory(prefix="modeldeck-compare-") as tmp:
+        work = Path(tmp)
+        model_path = work / "model.joblib"
+        joblib.dump(model, model_path)
+        print("ModelDeck:", flush=True)
+        md = announce(run_modeldeck(args, work, model, X))
+        print("BentoML:", flush=True)
+        bento = announce(Result("BentoML", skipped="--skip-bentoml") if args.skip_bentoml
+                         else run_bentoml(args, work, model, row))
+        print("MLflow:", flush=True)
+        mlflow = announce(Result("MLflow", skipped="--skip-mlflow") if args.skip_mlflow
+                          else run_mlflow(args, work, model_path, row))
+        results = [md, bento, mlflow]
+    load_after = os.getloadavg()
+    checks = ratios(md, bento, mlflow)
+    print()
+    print(f"Side by side: {args.n} sequential single-row requests after {args.warmup} warm-up; throughput "
+          f"{args.seconds:g} s per concurrency; scikit-learn {sklearn.__version__}, LogisticRegression on iris")
+    print_table(results, checks)
+    print(f"CPUs: {cpus}; load average before: {', '.join(f'{v:.2f}' for v in load_before)}; "
+          f"after: {', '.join(f'{v:.2f}' for v in load_after)}")
+    if args.json:
+        doc = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+               "cpus": cpus, "load_before": load_before, "load_after": load_after,
+               "sklearn": sklearn.__version__, "results": [r.__dict__ for r in results],
+               "targets": [{"what": w, "value": v, "target": t, "met": m} for w, v, t, m in checks]}
+        args.json.write_text(json.dumps(doc, indent=2, default=str))
+        print(f"results written to {args.json}")
+
+
+if __name__ == "__main__":
+    main()
