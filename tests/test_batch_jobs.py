@@ -13,15 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import (
-    IRIS_FEATURES,
-    IRIS_SCHEMA,
-    Client,
-    Postgres,
-    Stack,
-    start_worker,
-    unique,
-)
+
+from conftest import IRIS_FEATURES, IRIS_SCHEMA, Client, Postgres, Stack, repository_counts, start_worker, unique
 
 
 def rows_sql(n: int, table: str) -> str:
@@ -321,3 +314,22 @@ def test_a_null_feature_fails_the_job_naming_the_row_and_column(operator: Client
     assert job["error"] == {"code": "invalid_input",
                             "message": "source row 24, column 'petal_width': expected a number, got None"}
     assert job["progress"]["rows_done"] == 20  # the chunks before it were committed
+
+
+@pytest.mark.parametrize("parts,message", [
+    ({"job": (None, "{not json")}, "a batch job upload needs two multipart parts: 'job' (JSON) and 'file' (a CSV with a header row)"),
+    ({"job": (None, "{not json"), "file": ("a.csv", b"a\n1\n")}, "part 'job' is not valid JSON: "),
+    ({"job": (None, json.dumps({"model": "m", "inputs": [[1]], "destination": {"format": "csv"}})), "file": ("a.csv", b"a\n1\n")},
+     "part 'job': an uploaded file is scored as a batch job; leave out 'inputs'"),
+    ({"job": (None, json.dumps({"model": "MODEL", "destination": {"format": "csv"}})), "file": ("a.csv", b"")},
+     "file 'a.csv': expected a CSV with a header row, got an empty file"),
+    ({"job": (None, json.dumps({"model": "MODEL", "destination": {"format": "csv"}})), "file": ("a.csv", b"a,b\n1,2\n")},
+     "source has no column 'sepal_length' (a model feature); its columns are: a, b"),
+])
+def test_bad_uploads_say_what_is_wrong(stack: Stack, operator: Client, model: str, parts: dict[str, Any], message: str) -> None:
+    before = repository_counts(stack.db)
+    files = {k: (v[0], v[1].replace("MODEL", model)) if v[0] is None else (v[0], io.BytesIO(v[1])) for k, v in parts.items()}
+    resp = operator.post("/api/v1/jobs/upload", files=files)
+    assert resp.status_code in (400, 422), resp.text
+    assert resp.json()["error"]["message"].startswith(message)
+    assert repository_counts(stack.db) == before  # no job, and the uploaded file was not kept

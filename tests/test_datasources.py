@@ -13,19 +13,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pymongo
 import pytest
-from conftest import (
-    ROOT,
-    Client,
-    Postgres,
-    Proc,
-    Stack,
-    free_port,
-    start_api,
-    unique,
-    wait_for,
-)
 from cryptography.fernet import Fernet, InvalidToken
 
+from conftest import ROOT, Client, Postgres, Proc, Stack, free_port, start_api, unique, wait_for
 from installer.services import nx_command, repository_answers
 
 PASSWORD = "S3cret-" + os.urandom(6).hex()  # trust auth ignores it; it must never come back out

@@ -130,10 +130,16 @@ def purge_expired_jobs(db: Database) -> int:
         db.jobs.delete_one({"_id": job["_id"]})
         db.job_parts.delete_many({"job": job["_id"]})
         for sha in files - {None}:
-            # Artifacts are content-addressed: a model version or another job may hold the same bytes.
-            if (db.versions.find_one({"sha256": sha}, {"_id": 1}) or db.jobs.find_one({"result.artifact": sha}, {"_id": 1})
-                    or db.jobs.find_one({"params.source.artifact": sha}, {"_id": 1})):
-                continue
-            db.artifacts.delete_one({"_id": sha})
-            db.artifact_chunks.delete_many({"sha256": sha})
+            release_file(db, sha)
     return len(expired)
+
+
+def release_file(db: Database, sha256: str) -> bool:
+    """Delete a job's result or upload file unless a model version or a job still holds it; return whether deleted."""
+    # Artifacts are content-addressed: a model version or another job may hold the same bytes.
+    if (db.versions.find_one({"sha256": sha256}, {"_id": 1}) or db.jobs.find_one({"result.artifact": sha256}, {"_id": 1})
+            or db.jobs.find_one({"params.source.artifact": sha256}, {"_id": 1})):
+        return False
+    db.artifacts.delete_one({"_id": sha256})
+    db.artifact_chunks.delete_many({"sha256": sha256})
+    return True

@@ -15,7 +15,7 @@ from server import audit, batch, predictions
 from server.api import Api, json_response, parse_model
 from server.core import jobs_repo
 from server.core.artifacts import iter_artifact, put_artifact
-from server.core.errors import ConflictError, InvalidInputError, NotFoundError
+from server.core.errors import ConflictError, InvalidInputError, ModelDeckError, NotFoundError
 from server.core.keys_repo import role_rank
 
 api = Api("jobs", "/api/v1/jobs")
@@ -99,6 +99,8 @@ def upload_job() -> Response:
         body = parse_model(JobBody, json.loads(raw), "field")
     except json.JSONDecodeError as exc:
         raise InvalidInputError(f"part 'job' is not valid JSON: {exc}") from exc
+    if body.inputs is not None:
+        raise InvalidInputError("part 'job': an uploaded file is scored as a batch job; leave out 'inputs'")
     with tempfile.TemporaryFile() as spool:
         upload.save(spool)
         spool.seek(0)
@@ -111,8 +113,12 @@ def upload_job() -> Response:
         rows = lines + (spool.read(1) != b"\n")  # lines after the header; the last may lack its newline
         spool.seek(0)
         stored = put_artifact(ctx.db, spool)  # type: ignore[arg-type]
-    return _start_batch(body, {"sha256": stored.sha256, "filename": upload.filename or "upload.csv", "columns": columns,
-                               "rows": rows})
+    try:
+        return _start_batch(body, {"sha256": stored.sha256, "filename": upload.filename or "upload.csv",
+                                   "columns": columns, "rows": rows})
+    except ModelDeckError:
+        jobs_repo.release_file(ctx.db, stored.sha256)  # a refused job leaves no file behind
+        raise
 
 
 @api.route("", "GET", "service", "List jobs with status, progress, owner and times", query=JobQuery)
