@@ -34,7 +34,7 @@ from server.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET_KEY = Fernet.generate_key().decode()
-POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"  # maintenance database; each session makes its own
 IRIS_FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 
 
