@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
-import logging
+import re
 import threading
 import time
 import uuid
@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy import Connection, Engine, create_engine, inspect, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 
@@ -30,7 +30,6 @@ from server.core.errors import (
     UnavailableError,
 )
 
-logger = logging.getLogger(__name__)
 
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
@@ -208,8 +207,6 @@ def preview(name: str, url: str, query: str, params: dict[str, Any], limit: int,
 
 def check_identifier(value: str, field: str) -> str:
     """Accept a plain SQL identifier (letters, digits, underscore; 63 characters at most)."""
-    import re
-
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", value or ""):
         raise InvalidInputError(f"field '{field}': expected a plain SQL name (letters, digits, '_', not starting "
                                 f"with a digit, at most 63 characters), got {value!r}")
@@ -243,8 +240,6 @@ def columns_of(name: str, url: str, query: str, params: dict[str, Any], timeout_
 
 def primary_key(name: str, url: str, table: str, schema: str | None, timeout_s: float) -> str:
     """Return a table's single-column primary key, the column a batch job orders and resumes by."""
-    from sqlalchemy import inspect
-
     try:
         with read_only(url, timeout_s) as conn:
             inspector = inspect(conn)
