@@ -243,8 +243,9 @@ def test_a_result_is_only_downloadable_when_there_is_a_file(operator: Client, wh
     assert resp.json()["error"]["message"] == f"job '{job_id}' has no file to download; its output went to {out}"
 
 
-def test_a_worker_killed_mid_job_is_resumed_and_every_row_is_written_exactly_once(
-        stack: Stack, operator: Client, admin: Client, iris_skops: bytes, source_db: Postgres) -> None:
+@pytest.fixture(scope="module")
+def crash_setup(stack: Stack, operator: Client, admin: Client, iris_skops: bytes, source_db: Postgres) -> tuple[str, str, str]:
+    """A model on a pool of its own (so the test controls its workers) and a 200,000-row table."""
     pool = f"crash{os.urandom(3).hex()}"
     name = unique("crash-iris")
     assert operator.upload(name, iris_skops, input_schema=IRIS_SCHEMA, pool=pool).status_code == 201
@@ -252,9 +253,13 @@ def test_a_worker_killed_mid_job_is_resumed_and_every_row_is_written_exactly_onc
     crash = unique("crash")
     assert admin.post("/api/v1/datasources", json={"name": crash, "kind": "sql", "url": source_db.url,
                                                    "writers": ["operator"]}).status_code == 201
+    return pool, name, crash
+
+
+def run_and_kill(stack: Stack, operator: Client, pool: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Start a job on a fresh worker, SIGKILL the worker mid-job, start another, return the finished job."""
     first = start_worker(stack, pool)
-    job_id = start(operator, {"model": name, "source": {"datasource": crash, "table": "big_rows"},
-                              "destination": {"datasource": crash, "table": "big_scores"}, "chunk_rows": 2000})
+    job_id = start(operator, body)
     deadline = time.monotonic() + 120
     while operator.get(f"/api/v1/jobs/{job_id}").json()["progress"]["rows_done"] < 20_000:
         assert time.monotonic() < deadline, "the job made no progress"
@@ -271,10 +276,32 @@ def test_a_worker_killed_mid_job_is_resumed_and_every_row_is_written_exactly_onc
         second.stop()
     assert job["status"] == "succeeded", job
     assert job["attempts"] >= 2
+    return job
+
+
+def test_a_worker_killed_mid_job_is_resumed_and_every_row_is_written_exactly_once(
+        stack: Stack, operator: Client, source_db: Postgres, crash_setup: tuple[str, str, str]) -> None:
+    pool, name, crash = crash_setup
+    job = run_and_kill(stack, operator, pool, {"model": name, "source": {"datasource": crash, "table": "big_rows"},
+                                              "destination": {"datasource": crash, "table": "big_scores"}, "chunk_rows": 2000})
     assert source_db.execute("SELECT count(*), count(DISTINCT id), count(DISTINCT row_number), min(id), max(id) "
                              "FROM big_scores") == [(200_000, 200_000, 200_000, 1, 200_000)]
-    markers = source_db.execute("SELECT count(*), max(rows_done) FROM modeldeck_job_chunks WHERE job_id = %s", (job_id,))
+    markers = source_db.execute("SELECT count(*), max(rows_done) FROM modeldeck_job_chunks WHERE job_id = %s", (job["id"],))
     assert markers == [(100, 200_000)]
+
+
+def test_a_killed_query_to_csv_job_resumes_by_row_position_without_duplicates(
+        stack: Stack, operator: Client, crash_setup: tuple[str, str, str], iris: Any) -> None:
+    pool, name, crash = crash_setup
+    # No key: the resumed run skips the rows already committed, so the query orders its rows itself.
+    job = run_and_kill(stack, operator, pool, {
+        "model": name, "source": {"datasource": crash, "query": "SELECT id, " + ", ".join(IRIS_FEATURES)
+                                  + " FROM big_rows ORDER BY id", "keep": ["id"]},
+        "destination": {"format": "csv"}, "chunk_rows": 2000})
+    table = list(csv.DictReader(io.StringIO(operator.get(f"/api/v1/jobs/{job['id']}/result").text)))
+    assert [int(r["id"]) for r in table] == list(range(1, 200_001))
+    assert [int(r["row_number"]) for r in table] == list(range(200_000))
+    assert [int(r["prediction"]) for r in table[::997]] == iris[0].predict(features(range(1, 200_001, 997))).tolist()
 
 
 def test_analysts_see_only_their_own_jobs(make_client: Any, operator: Client) -> None:
