@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.fernet import Fernet
 
 from conftest import ROOT
 
@@ -59,6 +60,7 @@ def test_init_writes_fresh_private_secrets_and_never_overwrites(docker_env: dict
     assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
     values = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
     assert len(values["RABBITMQ_PASSWORD"]) >= 32 and values["RABBITMQ_PASSWORD"] != values["MONGO_PASSWORD"]
+    Fernet(values["MODELDECK_SECRET_KEY"].encode())  # a valid data-source key
     other = tmp_path / ".env"
     modeldeck(docker_env, "compose", "init", "--env-file", str(other))
     assert other.read_text() != env_file.read_text()
