@@ -123,6 +123,7 @@ def test_operator_sets_a_versions_monitoring_policy(console, operator: Client, i
     # The server's refusal is shown word for word and nothing is saved.
     assert [e.value for e in at.error] == ["field 'drift_psi_alert': Value error, must be above drift_psi_warn (0.5), got 0.2"]
     assert operator.get(f"/api/v1/models/{iris_model}/versions/2").json()["monitoring"] is None
+    next(s for s in at.selectbox if s.key == "policy_version").select(2)
     next(n for n in at.number_input if n.label == "Drift PSI: alert at").set_value(0.9)
     next(b for b in at.button if b.label == "Save policy").click()
     at.run()
