@@ -60,3 +60,21 @@ def detect_gpus() -> list[dict[str, Any]]:
             pynvml.nvmlShutdown()
         except pynvml.NVMLError:
             pass
+
+
+def apply_memory_limit(limit_mb: int) -> None:
+    """Cap this process's address space (RLIMIT_AS) at limit_mb; 0 leaves it unlimited.
+
+    A model that allocates without bound then meets a MemoryError in its own thread, which is answered as
+    that model's error, instead of the kernel's OOM killer taking the whole worker (or the host).
+    """
+    if limit_mb <= 0:
+        return
+    import resource
+
+    limit = limit_mb * 1024 * 1024
+    _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY and hard < limit:
+        limit = hard
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    logger.info("address space limited to %d MB (MODELDECK_WORKER_MEMORY_LIMIT_MB)", limit // (1024 * 1024))

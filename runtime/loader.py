@@ -24,6 +24,10 @@ class ModelRunError(Exception):
     """The model raised or returned something that cannot be sent back."""
 
 
+OUT_OF_MEMORY = ("ran out of memory while predicting (the worker's limit is MODELDECK_WORKER_MEMORY_LIMIT_MB); "
+                 "the worker freed it and keeps serving other models")
+
+
 @dataclass
 class LoadedModel:
     sha256: str
@@ -69,7 +73,10 @@ def _sklearn_runner(model: Any) -> Callable[[list[list[Any]]], list[Any]]:
 
     def run(rows: list[list[Any]]) -> list[Any]:
         _fast_sklearn_config()
-        return _to_list(model.predict(_to_array(rows)))
+        try:
+            return _to_list(model.predict(_to_array(rows)))
+        except MemoryError as exc:
+            raise ModelRunError(OUT_OF_MEMORY) from exc
 
     return run
 
@@ -87,7 +94,10 @@ def _onnx_runner(data: bytes) -> Callable[[list[list[Any]]], list[Any]]:
     dtype = np.int64 if "int64" in first.type else np.float32
 
     def run(rows: list[list[Any]]) -> list[Any]:
-        return _to_list(session.run([out_name], {first.name: np.asarray(rows, dtype=dtype)})[0])
+        try:
+            return _to_list(session.run([out_name], {first.name: np.asarray(rows, dtype=dtype)})[0])
+        except MemoryError as exc:
+            raise ModelRunError(OUT_OF_MEMORY) from exc
 
     return run
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pymongo.database import Database
 
 from runtime.cache import ModelCache
+from runtime.environment import apply_memory_limit
 from server.core.db import connect
 from server.core.settings import Settings
 
@@ -28,6 +29,8 @@ def init_state(settings: Settings) -> WorkerState:
     """Create this process's state once."""
     global _state
     if _state is None:
+        # Before the model cache fills: a model that allocates without bound must hit this process's limit.
+        apply_memory_limit(settings.worker_memory_limit_mb)
         _state = WorkerState(settings=settings, db=connect(settings), cache=ModelCache(settings.model_cache_size))
     return _state
 

@@ -19,7 +19,7 @@ from server.metrics import MetricsRecorder
 from server.cache import RepoCache
 from server.context import CACHE_TTL_S, Context, PoolLiveness
 from server.core import crypto, datasources_repo
-from server.core.db import connect, ensure_indexes
+from server.core.db import connect, ensure_indexes, storage_error
 from server.core.errors import ModelDeckError
 from server.core.settings import Settings
 from server.openapi import build_openapi
@@ -78,6 +78,16 @@ def create_app(settings: Settings, router: Router | None = None) -> Flask:
     app.register_blueprint(get_swaggerui_blueprint("/api/docs", "/api/v1/openapi.json", config={"app_name": "ModelDeck API"}))
     _register_handlers(app)
     return app
+
+
+def _drain_body() -> None:
+    """Read and drop what is left of the request body (bounded by the upload limit), so the client, still
+    sending, reads our answer instead of a reset connection; used when spooling an upload ran out of disk."""
+    try:
+        while request.stream.read(1024 * 1024):
+            pass
+    except Exception:  # the client went away; nothing to answer
+        pass
 
 
 def _register_handlers(app: Flask) -> None:
@@ -139,6 +149,13 @@ def _register_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
+        known = storage_error(exc)
+        if known is not None:
+            # The repository is down or its disk is full: say so (503 / 507) rather than a bare 500.
+            logger.warning("request %s failed: %s (%s)", g.get("request_id"), known.message, type(exc).__name__)
+            if known.status == 507:
+                _drain_body()
+            return _modeldeck_error(known)
         logger.exception("request %s failed", g.get("request_id"))
         body = {"error": {"code": "internal", "message": f"internal error; quote request id {g.get('request_id')} to an operator",
                           "details": {}, "request_id": g.get("request_id")}}

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
 from bson import Binary
 from pymongo.database import Database
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from server.core.errors import ModelDeckError
 
@@ -45,25 +46,70 @@ def hash_file(stream: BinaryIO) -> StoredArtifact:
     return StoredArtifact(digest.hexdigest(), size)
 
 
+# Chunks of failed uploads that could not be removed at once (a full disk refuses even deletes); retried by
+# the next upload in this process. Unreferenced by any manifest, they are never visible meanwhile.
+_orphans: list[str] = []
+_orphans_lock = threading.Lock()
+
+
 def put_artifact(db: Database, stream: BinaryIO) -> StoredArtifact:
     """Store a stream's bytes once per content; return its sha256 and size."""
     art = hash_file(stream)
+    _retry_orphans(db)
     if db.artifacts.find_one({"_id": art.sha256}, {"_id": 1}):
         return art
     n = 0
-    while block := stream.read(CHUNK_SIZE):
-        chunk_id = f"{art.sha256}_{n}"
-        try:
-            db.artifact_chunks.insert_one({"_id": chunk_id, "sha256": art.sha256, "n": n, "data": Binary(block)})
-        except DuplicateKeyError:
-            # A concurrent or earlier interrupted upload of the same bytes wrote this chunk.
-            pass
-        n += 1
+    written: list[str] = []
     try:
-        db.artifacts.insert_one({"_id": art.sha256, "size": art.size, "chunks": n})
-    except DuplicateKeyError:
-        pass
+        while block := stream.read(CHUNK_SIZE):
+            chunk_id = f"{art.sha256}_{n}"
+            try:
+                db.artifact_chunks.insert_one({"_id": chunk_id, "sha256": art.sha256, "n": n, "data": Binary(block)})
+                written.append(chunk_id)
+            except DuplicateKeyError:
+                # A concurrent or earlier interrupted upload of the same bytes wrote this chunk.
+                pass
+            n += 1
+        try:
+            db.artifacts.insert_one({"_id": art.sha256, "size": art.size, "chunks": n})
+        except DuplicateKeyError:
+            pass
+    except PyMongoError:
+        # A full disk or a lost repository mid-upload: take back the chunks this call wrote (no manifest names
+        # them, so nothing could read them), so a failed upload leaves nothing behind. Best effort.
+        _remove_chunks(db, written)
+        raise
     return art
+
+
+def _remove_chunks(db: Database, chunk_ids: list[str]) -> None:
+    try:
+        if chunk_ids:
+            db.artifact_chunks.delete_many({"_id": {"$in": chunk_ids}})
+    except PyMongoError as exc:
+        logger.warning("could not remove %d chunks of a failed upload yet (%s); the next upload retries", len(chunk_ids), exc)
+        with _orphans_lock:
+            _orphans.extend(chunk_ids)
+
+
+def _retry_orphans(db: Database) -> None:
+    with _orphans_lock:
+        pending = list(_orphans)
+    if not pending:
+        return
+    # A chunk another upload of the same bytes has since made part of a manifest is kept.
+    referenced = {m["_id"] for m in db.artifacts.find({"_id": {"$in": sorted({c.rsplit("_", 1)[0] for c in pending})}}, {"_id": 1})}
+    removable = [c for c in pending if c.rsplit("_", 1)[0] not in referenced]
+    try:
+        if removable:
+            db.artifact_chunks.delete_many({"_id": {"$in": removable}})
+    except PyMongoError:
+        return
+    with _orphans_lock:
+        for chunk_id in pending:
+            if chunk_id in _orphans:
+                _orphans.remove(chunk_id)
+    logger.info("removed %d chunks left by an upload that failed earlier", len(removable))
 
 
 def iter_artifact(db: Database, sha256: str) -> Iterator[bytes]:

@@ -2,16 +2,41 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 
 from pymongo import ASCENDING, DESCENDING, MongoClient
 from pymongo.database import Database
+from pymongo.errors import ConnectionFailure, PyMongoError
 
 from server.core.audit_repo import ensure_audit_indexes
+from server.core.errors import InsufficientStorageError, ModelDeckError, UnavailableError
 from server.core.metrics_repo import ensure_metrics_indexes
 from server.core.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+
+# How a full disk reads in errors: SQLite (nx-27017), MongoDB (OutOfDiskSpace, code 14031) and the OS.
+_DISK_FULL = ("disk is full", "sqlite_full", "no space left", "out of disk space", "outofdiskspace")
+REPOSITORY_DOWN = "the repository (MongoDB) is unavailable; nothing was changed, retry shortly"
+DISK_FULL = ("the repository is out of disk space; the change was not made. Free space on its data volume "
+             "(or grow it), then retry")
+
+
+def storage_error(exc: BaseException) -> ModelDeckError | None:
+    """Translate a repository outage (503) or a full disk (507) into the error a caller should see, else None."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return InsufficientStorageError("the API server's disk is full (its temporary files); the change was not made. "
+                                        "Free space, then retry")
+    if not isinstance(exc, PyMongoError):
+        return None
+    text = str(exc).lower()
+    if any(marker in text for marker in _DISK_FULL) or getattr(exc, "code", None) == 14031:
+        return InsufficientStorageError(DISK_FULL)
+    if isinstance(exc, ConnectionFailure):
+        return UnavailableError(REPOSITORY_DOWN)
+    return None
 
 
 def connect(settings: Settings, timeout_ms: int = 5000) -> Database:
