@@ -11,6 +11,7 @@ import requests
 from playwright.sync_api import Page, expect, sync_playwright
 
 from conftest import ROOT, Client, Proc, Stack, free_port, unique, wait_for
+from test_batch_jobs import rows_sql, wait_done
 from test_quickstart import reference_csv
 
 CHROMIUM = "/usr/bin/chromium"
@@ -61,7 +62,7 @@ def open_page(page: Page, title: str) -> None:
 
 
 def test_sign_in_upload_predict_and_screenshots(page: Page, console_url: str, admin_key: str, admin: Client,
-                                                iris, tmp_path) -> None:  # type: ignore[no-untyped-def]
+                                                iris, tmp_path, postgres) -> None:  # type: ignore[no-untyped-def]
     model, X = iris
     page.goto(console_url)
     expect(page.get_by_text("API key")).to_be_visible(timeout=30000)
@@ -102,6 +103,21 @@ def test_sign_in_upload_predict_and_screenshots(page: Page, console_url: str, ad
     assert shown == str(expected)
     shot(page, "predict")
 
-    for title, file in [("Monitoring", "monitoring"), ("Runtimes", "runtimes"), ("Audit trail", "audit"), ("API keys", "keys")]:
+    # The monitoring page draws what the API has flushed (every few seconds): wait for this model's traffic.
+    wait_for(lambda: any(m["model"] == name for m in admin.get("/api/v1/monitoring/overview").json()["busiest_models"]),
+             30, "the predictions in the monitoring overview")
+
+    # Real data for the data-source and batch-job pages: a warehouse table scored into another table.
+    postgres.execute(rows_sql(2000, "browser_rows"))
+    warehouse = unique("warehouse")
+    assert admin.post("/api/v1/datasources", json={"name": warehouse, "kind": "sql", "url": postgres.url,
+                                                   "readers": ["operator"], "writers": ["operator"]}).status_code == 201
+    job = admin.post("/api/v1/jobs", json={"model": name, "source": {"datasource": warehouse, "table": "browser_rows"},
+                                           "destination": {"datasource": warehouse, "table": "browser_scores"}})
+    assert job.status_code == 202, job.text
+    assert wait_done(admin, job.json()["job_id"])["status"] == "succeeded"
+
+    for title, file in [("Monitoring", "monitoring"), ("Runtimes", "runtimes"), ("Batch jobs", "jobs"), ("Data sources", "datasources"),
+                        ("Audit trail", "audit"), ("API keys", "keys")]:
         open_page(page, title)
         shot(page, file)

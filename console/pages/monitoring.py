@@ -37,9 +37,11 @@ if samples:
     frame = pd.DataFrame(samples)
     frame["time"] = pd.to_datetime(frame["time"])
     left, right = st.columns(2)
-    left.plotly_chart(px.line(frame, x="time", y="queue depth", color="pool", title="Queue depth over time"),
+    left.plotly_chart(px.line(frame, x="time", y="queue depth", color="pool", markers=True,
+                              title="Queue depth over time"),
                       width="stretch")
-    right.plotly_chart(px.line(frame, x="time", y="workers", color="pool", title="Live workers over time"),
+    right.plotly_chart(px.line(frame, x="time", y="workers", color="pool", markers=True,
+                               title="Live workers over time"),
                        width="stretch")
 if overview.get("recent_alerts"):
     st.subheader("Recent alerts")
