@@ -96,12 +96,10 @@ if rank >= RANK["service"]:
 if rank >= RANK["analyst"]:
     pages.append(st.Page("pages/monitoring.py", title="Monitoring", icon=":material/monitoring:"))
     pages.append(st.Page("pages/datasources.py", title="Data sources", icon=":material/database:"))
-    pages.append(st.Page("pages/datasources.py", title="Data sources", icon=":material/database:"))
 if rank >= RANK["operator"]:
     pages += [
         st.Page("pages/models.py", title="Models", icon=":material/deployed_code:"),
         st.Page("pages/runtimes.py", title="Runtimes", icon=":material/memory:"),
-        st.Page("pages/jobs.py", title="Batch jobs", icon=":material/batch_prediction:"),
         st.Page("pages/jobs.py", title="Batch jobs", icon=":material/batch_prediction:"),
         st.Page("pages/audit.py", title="Audit trail", icon=":material/fact_check:"),
     ]
