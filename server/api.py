@@ -18,6 +18,9 @@ from server.validation import short_repr
 
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _NON_JSON_NUMBERS = (b"NaN", b"Infinity", b"-Infinity")
+# Bounds for integers that reach the repository: BSON holds at most 8-byte integers, and a larger one was a 500.
+MAX_OFFSET = 10**9
+MAX_INT = 2**31 - 1
 
 
 @dataclass

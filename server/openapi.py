@@ -16,11 +16,14 @@ ERROR_SCHEMA = {
         "code": {"type": "string"}, "message": {"type": "string"}, "details": {"type": "object"}}}},
 }
 
+# The Open Inference Protocol's own error shape: {"error": "message"}.
+V2_ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
+
 
 def build_openapi(operations: list[Operation], version: str) -> dict[str, Any]:
     """Return an OpenAPI 3.1 document; each operation carries its minimum role as x-min-role."""
     paths: dict[str, dict[str, Any]] = {}
-    schemas: dict[str, Any] = {"Error": ERROR_SCHEMA}
+    schemas: dict[str, Any] = {"Error": ERROR_SCHEMA, "V2Error": V2_ERROR_SCHEMA}
     for op in operations:
         path = _PARAM.sub(lambda m: "{" + m.group(2) + "}", op.rule)
         params = [
@@ -41,7 +44,8 @@ def build_openapi(operations: list[Operation], version: str) -> dict[str, Any]:
             "responses": {
                 str(op.status): {"description": "success"},
                 **{code: {"description": text} for code, text in op.responses.items()},
-                "default": {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+                "default": {"description": "error", "content": {"application/json": {"schema": {
+                    "$ref": "#/components/schemas/V2Error" if op.rule.startswith("/v2") else "#/components/schemas/Error"}}}},
             },
         }
         entry["security"] = [] if op.role == ANYONE else [{"bearer": []}]

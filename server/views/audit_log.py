@@ -10,7 +10,7 @@ from typing import Any, Literal
 from flask import Response, current_app, stream_with_context
 from pydantic import BaseModel, Field
 
-from server.api import Api, json_response
+from server.api import MAX_INT, Api, json_response
 from server.core import audit_repo
 
 api = Api("audit", "/api/v1/audit")
@@ -30,7 +30,7 @@ class AuditQuery(BaseModel):
     since: str | None = Field(default=None, description="ISO-8601 UTC, inclusive")
     until: str | None = Field(default=None, description="ISO-8601 UTC, exclusive")
     limit: int = Field(default=100, ge=1, le=1000)
-    before: int | None = Field(default=None, ge=1, description="return entries older than this seq (from next_before)")
+    before: int | None = Field(default=None, ge=1, le=MAX_INT, description="return entries older than this seq (from next_before)")
 
 
 def entry_view(doc: dict[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from flask import Response, current_app, g, request, stream_with_context
 from pydantic import BaseModel, Field
 
 from server import audit, batch, predictions
-from server.api import Api, json_response, parse_model
+from server.api import MAX_OFFSET, Api, json_response, parse_model
 from server.core import jobs_repo
 from server.core.artifacts import iter_artifact, put_artifact
 from server.core.errors import ConflictError, InvalidInputError, ModelDeckError, NotFoundError
@@ -43,7 +43,7 @@ class JobQuery(BaseModel):
     kind: Literal["predict", "batch"] | None = None
     owner: str | None = Field(default=None, description="operators only: another caller's jobs")
     limit: int = Field(default=50, ge=1, le=500)
-    offset: int = Field(default=0, ge=0)
+    offset: int = Field(default=0, ge=0, le=MAX_OFFSET)
 
 
 def job_location(job_id: str) -> str:

@@ -9,7 +9,7 @@ from flask import Response, current_app, g, request, stream_with_context
 from pydantic import BaseModel, Field
 
 from server import audit
-from server.api import Api, json_response
+from server.api import MAX_INT, MAX_OFFSET, Api, json_response
 from server.core import models_repo
 from server.core.artifacts import iter_artifact
 from server.core.errors import InvalidInputError, NotFoundError
@@ -22,11 +22,11 @@ api = Api("models", "/api/v1/models")
 class ListQuery(BaseModel):
     prefix: str = ""
     limit: int = Field(default=50, ge=1, le=500)
-    offset: int = Field(default=0, ge=0)
+    offset: int = Field(default=0, ge=0, le=MAX_OFFSET)
 
 
 class AliasBody(BaseModel):
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=MAX_INT)
 
 
 def version_view(doc: Any) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from pydantic import BaseModel, Field
 
 from server import drift, monitoring
-from server.api import Api, json_response
+from server.api import MAX_INT, Api, json_response
 from server.core import metrics_repo, models_repo, workers_repo
 from server.core.errors import InvalidInputError
 from server.runtimes import queue_probe
@@ -39,7 +39,7 @@ class SeriesQuery(BaseModel):
 
     since: str | None = Field(default=None, description="ISO-8601 or epoch seconds; default one hour ago")
     until: str | None = Field(default=None, description="ISO-8601 or epoch seconds; default now")
-    version: int | None = Field(default=None, ge=1, description="one version; default all")
+    version: int | None = Field(default=None, ge=1, le=MAX_INT, description="one version; default all")
     step: int | None = Field(default=None, description="60 (minute) or 3600 (hour); default by range")
 
 
