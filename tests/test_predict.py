@@ -12,7 +12,7 @@ import pytest
 import skops.io as sio
 from sklearn.linear_model import LogisticRegression
 
-from conftest import IRIS_FEATURES, IRIS_SCHEMA, Client, Proc, Stack, repository_counts, start_worker, unique
+from conftest import IRIS_FEATURES, IRIS_SCHEMA, Client, Proc, Stack, repository_counts, start_worker, unique, wait_for
 from sample_models import NaNModel, RaisingModel, SlowModel
 
 
@@ -161,6 +161,9 @@ def test_the_fast_lane_and_celerys_default_strategy_answer_alike(stack: Stack, w
         assert operator.upload(fast, iris_skops).status_code == 201
         assert operator.upload(slow, iris_skops, pool=pool).status_code == 201
         rows = X[:50].tolist()
+        # The API counts live workers from heartbeats at most a second old: wait until it sees the new pool's.
+        wait_for(lambda: operator.post(f"/api/v1/models/{slow}/predict", json={"inputs": rows[:1]}).status_code != 503,
+                 10, f"the API to see pool {pool}")
         answers = {}
         for name in (fast, slow):
             resp = operator.post(f"/api/v1/models/{name}/predict", json={"inputs": rows})
