@@ -9,9 +9,15 @@ what the reply needs:
 
 * on the consumer thread: decode the JSON body, drop a message already past its ``expires`` (its caller
   has given up), and hand the work to the worker's own thread pool;
-* on a pool thread: acknowledge (as Celery does for a task that is not ``acks_late``: just before it
-  runs), run the prediction, and publish a Celery-shaped result (``status``, ``result``, ``task_id``)
-  to the message's ``reply_to`` with its ``correlation_id``, on a publisher connection kept per thread.
+* on a pool thread: run the prediction, publish a Celery-shaped result (``status``, ``result``,
+  ``task_id``) to the message's ``reply_to`` with its ``correlation_id`` (on a publisher connection kept
+  per thread), then acknowledge the message.
+
+Acknowledging after the answer means a worker that dies holding a request (SIGKILL, the OOM killer, a
+crash in native code) leaves it unacknowledged, and RabbitMQ hands it to another worker of the pool the
+moment the dead worker's connection closes. That worker does not run it again (a request that kills its
+worker must not take down the pool one worker after another): it answers at once with the error
+``worker_lost``, which the API turns into a 503, instead of the caller waiting out its timeout.
 
 The message still comes from the pool's queue through Celery's consumer, with its prefetch limit, so
 queue depth, scaling and fair dispatch across workers are unchanged; other tasks use Celery's default.
@@ -75,8 +81,25 @@ def _expired(expires: Any) -> bool:
         return False
 
 
+def worker_lost_reply(spec: Any, task_id: str) -> dict[str, Any]:
+    """Return the answer to a prediction whose first worker died holding it."""
+    label = (f"model '{spec.get('name')}' version {spec.get('version')}" if isinstance(spec, dict) else "the model")
+    message = (f"{label}: the worker running this request stopped before answering (killed or crashed); the request "
+               "was not run again, so that a request that kills its worker cannot take down the pool one worker "
+               "after another; retry it if the worker's death had another cause")
+    return {"status": "SUCCESS", "task_id": task_id,
+            "result": {"ok": False, "error": {"code": "worker_lost", "message": message}}}
+
+
+def _answer_lost(replies: _Replies, message: Any, ack: Any, args: list[Any], task_id: str) -> None:
+    props = message.properties
+    if props.get("reply_to"):
+        replies.publish(props["reply_to"], props.get("correlation_id") or task_id,
+                        orjson.dumps(worker_lost_reply(args[0] if args else None, task_id)))
+    ack()
+
+
 def _run(state: WorkerState, replies: _Replies, message: Any, ack: Any, args: list[Any], task_id: str) -> None:
-    ack()  # bound to the consumer's ack_log_error arguments in strategy()
     props = message.properties
     with state.lock:
         state.busy += 1
@@ -91,6 +114,7 @@ def _run(state: WorkerState, replies: _Replies, message: Any, ack: Any, args: li
             state.busy -= 1
     if props.get("reply_to"):
         replies.publish(props["reply_to"], props.get("correlation_id") or task_id, orjson.dumps(reply))
+    ack()  # bound to the consumer's ack_log_error arguments in strategy(); after the answer (see above)
 
 
 def strategy(task: Any, app: Any, consumer: Any, **_: Any) -> Any:
@@ -114,6 +138,11 @@ def strategy(task: Any, app: Any, consumer: Any, **_: Any) -> Any:
             return
         if _expired(headers.get("expires")):
             ack(logger, errors)  # its caller has given up; answering would only be dropped
+            return
+        if (message.delivery_info or {}).get("redelivered"):
+            # Its first worker took it and died before answering (see the module's docstring).
+            logger.warning("prediction %s was redelivered: its first worker died holding it; answering worker_lost", task_id)
+            pool.apply_async(_answer_lost, args=(replies, message, lambda: ack(logger, errors), args, task_id))
             return
         pool.apply_async(_run, args=(state, replies, message, lambda: ack(logger, errors), args, task_id))
 

@@ -94,6 +94,8 @@ def predict(ctx: Context, principal: Principal, name: str, inputs: Any, ref: int
     outcome = reply["result"]
     if not outcome["ok"]:
         err = outcome["error"]
+        if err["code"] == "worker_lost":
+            raise UnavailableError(err["message"], {"code": err["code"], "model": name, "version": doc["version"]})
         raise ModelFailedError(err["message"], {"code": err["code"], "model": name, "version": doc["version"]})
     done = time.perf_counter()
     timings = {

@@ -254,6 +254,49 @@ def test_worker_killed_mid_request_answers_within_the_timeout_and_jobs_finish_ex
             replacement.stop()
 
 
+def test_a_worker_killed_holding_a_request_is_answered_by_another_worker_at_once(stack: Stack, admin_key: str) -> None:
+    """With a second worker in the pool, the caller hears of the death within seconds, not at its timeout."""
+    proc, url = start_api(stack, MODELDECK_ALLOW_PICKLE="true", MODELDECK_PREDICT_TIMEOUT_S="60")
+    api = Client(url, admin_key)
+    pool = "lost_" + uuid.uuid4().hex[:6]
+    name = unique("slow")
+    victim = start_worker(stack, pool)
+    other: Proc | None = None
+    try:
+        assert api.upload(name, pickle.dumps(SlowModel(40.0)), fmt="pickle", filename="m.pkl", pool=pool).status_code == 201
+        result: dict[str, Any] = {}
+
+        def call() -> None:
+            resp = api.post(f"/api/v1/models/{name}/predict", json={"inputs": [[1.0, 2.0]]})
+            result.update(status=resp.status_code, body=resp.json(), at=time.monotonic())
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        # The only worker takes the request; a second one joins the pool while it runs.
+        wait_for(lambda: stack.db.workers.count_documents({"pool": pool, "state": "busy"}) == 1, 20, "the request running")
+        other = start_worker(stack, pool)
+        assert caller.is_alive()
+        killed_at = time.monotonic()
+        os.kill(victim.popen.pid, signal.SIGKILL)
+        caller.join(30)
+        assert not caller.is_alive()
+        assert result["status"] == 503, result
+        error = result["body"]["error"]
+        assert error["details"]["code"] == "worker_lost", error
+        assert error["message"].startswith(f"model '{name}' version 1: the worker running this request stopped before answering"), error
+        assert result["at"] - killed_at < 5, result["at"] - killed_at  # the timeout is 60 s
+        # The request was not run again: the other worker answered at once and is free for the next one.
+        fast = api.upload(name, pickle.dumps(SlowModel(0.0)), fmt="pickle", filename="m.pkl", pool=pool)
+        assert fast.status_code == 201, fast.text
+        resp = api.post(f"/api/v1/models/{name}/predict", json={"inputs": [[3.0, 2.0]], "version": 2})
+        assert resp.status_code == 200 and resp.json()["predictions"] == [3.0], resp.text
+    finally:
+        victim.stop()
+        if other is not None:
+            other.stop()
+        proc.stop()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # An API process killed mid-upload
 # ---------------------------------------------------------------------------------------------------------------
