@@ -108,7 +108,7 @@ class Housekeeper:
             self.sample_pools(recorder.db)
         if now - self._last_alerts >= self.settings.alert_interval_s:
             self._last_alerts = now
-            check_alerts(recorder.db, self.settings, recorder.take_seen())
+            check_alerts(recorder.db, self.settings, recorder.recently_seen(self.settings.alert_window_s))
         if now - self._last_rollup >= self.settings.metrics_rollup_interval_s:
             self._last_rollup = now
             rollup(recorder.db, self.settings)

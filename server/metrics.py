@@ -83,8 +83,9 @@ class MetricsRecorder:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._housekeeping = housekeeping
-        # Models seen since the last alert check, with their monitoring policy: what the alert check looks at.
-        self.seen: dict[tuple[str, int], dict[str, Any]] = {}
+        # Versions this process served, with their monitoring policy and when it last served them: the alert
+        # check looks at every one served within its window, since other processes' counts arrive later.
+        self.seen: dict[tuple[str, int], tuple[dict[str, Any], float]] = {}
         self._thread = threading.Thread(target=self._loop, name="modeldeck-metrics", daemon=True)
 
     def start(self) -> None:
@@ -135,12 +136,13 @@ class MetricsRecorder:
         LATENCY.labels(*labels).observe(total_ms / 1000)
 
     def _add(self, name: str, version: int, pool: str, values: dict[str, float], policy: dict[str, Any] | None) -> None:
-        key = (name, version, pool, int(time.time()) // 60 * 60)
+        now = time.time()
+        key = (name, version, pool, int(now) // 60 * 60)
         with self._lock:
             bucket = self._pending.counts.get(key)
             if bucket is None:
                 self._pending.counts[key] = values
-                self.seen[(name, version)] = policy or {}
+                self.seen[(name, version)] = (policy or {}, now)
                 return
             for k, v in values.items():
                 bucket[k] = bucket.get(k, 0) + v
@@ -185,11 +187,17 @@ class MetricsRecorder:
                         bucket[k] = bucket.get(k, 0) + v
                 self._pending.logs[:0] = failed.logs
 
-    def take_seen(self) -> dict[tuple[str, int], dict[str, Any]]:
-        """Return the versions that had traffic since the last call, with their monitoring policy."""
+    def recently_seen(self, window_s: float) -> dict[tuple[str, int], dict[str, Any]]:
+        """Return the versions this process served within the last window_s seconds, with their monitoring policy.
+
+        A version stays in the answer for the whole window, not just until the next call: the counts of the
+        other API processes reach the repository a flush later, and a check made before they arrive must be
+        made again.
+        """
+        cutoff = time.time() - window_s
         with self._lock:
-            seen, self.seen = self.seen, {}
-        return seen
+            self.seen = {k: v for k, v in self.seen.items() if v[1] >= cutoff}
+            return {k: policy for k, (policy, _) in self.seen.items()}
 
     def _loop(self) -> None:
         while not self._stop.wait(self.settings.metrics_flush_interval_s):

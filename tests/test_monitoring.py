@@ -63,7 +63,7 @@ def mon(stack: Stack, worker: Proc, admin_key: str, hook: Hook) -> Iterator[Clie
     prom = stack.tmp / f"prometheus-{port}"
     prom.mkdir()
     env = {**stack.env, "MODELDECK_ALLOW_PICKLE": "true", "MODELDECK_METRICS_FLUSH_INTERVAL_S": "0.3",
-           "MODELDECK_ALERT_INTERVAL_S": "0.3", "MODELDECK_ALERT_MIN_REQUESTS": "5",
+           "MODELDECK_ALERT_INTERVAL_S": "0.3", "MODELDECK_ALERT_MIN_REQUESTS": "6",
            "MODELDECK_POOL_SAMPLE_INTERVAL_S": "1", "PROMETHEUS_MULTIPROC_DIR": str(prom),
            "MODELDECK_ALERT_WEBHOOK_URL": hook.url, "MODELDECK_ALERT_WEBHOOK_SECRET": WEBHOOK_SECRET}
     log = stack.tmp / f"api-mon-{port}.log"
@@ -123,8 +123,9 @@ def test_known_traffic_is_counted_with_its_latency_percentiles(mon: Client, traf
     assert total["cold_starts"] == 1
     assert (total["cache_hits"], total["cache_hit_rate"]) == (19, 0.95)  # 20 answered, the first one loaded the model
     latency = total["latency_ms"]
-    # 20 of 23 requests sleep 50 ms in the model; the histogram's buckets are 25% wide.
-    assert DELAY_S * 1000 <= latency["p50"] <= DELAY_S * 1000 * 1.6
+    # 20 of 23 requests sleep 50 ms in the model. The estimate interpolates inside a bucket 25% wide, so it can
+    # read up to a bucket's width below the true value (the 50-53 ms answers share a bucket from 42 ms).
+    assert DELAY_S * 1000 / 1.25 <= latency["p50"] <= DELAY_S * 1000 * 1.6
     assert latency["p50"] <= latency["p95"] <= latency["p99"]
     assert latency["model_mean"] >= DELAY_S * 1000
     assert latency["route_mean"] >= latency["model_mean"]
@@ -190,6 +191,8 @@ def test_metrics_and_monitoring_need_the_analyst_role(mon: Client, make_client: 
 
 
 def test_error_rate_alert_is_recorded_once_and_posted_signed(mon: Client, hook: Hook, traffic: dict[str, str]) -> None:
+    # The 6 failures are spread over two API processes; the alert needs all 6 (the minimum is 6), so it is raised
+    # only by a check that runs after both processes flushed, whichever process served the last one.
     name = traffic["failing"]
     found: list[dict[str, Any]] = []
 
