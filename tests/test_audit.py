@@ -136,3 +136,21 @@ def test_four_processes_appending_at_once_keep_one_chain(stack: Stack, admin: Cl
     assert report == {"valid": True, "entries": before + 160}
     for w in range(4):
         assert stack.db.audit.count_documents({"actor": f"writer-{w}"}) == 40
+
+
+def test_verifying_while_others_append_never_reports_a_false_break(stack: Stack, admin: Client) -> None:
+    # Found by the soak: an entry appended between the walk's end and the head's read looked "deleted from the end".
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_write_entries, args=(stack.settings.effective_mongo_url, stack.settings.mongo_db, w, 150))
+             for w in range(3)]
+    for p in procs:
+        p.start()
+    reports = []
+    while any(p.is_alive() for p in procs):
+        reports.append(admin.get("/api/v1/audit/verify").json())
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    assert len(reports) >= 3, "the writers finished before verification overlapped them"
+    assert [r for r in reports if not r["valid"]] == []
+    assert admin.get("/api/v1/audit/verify").json() == {"valid": True, "entries": stack.db.audit.count_documents({})}

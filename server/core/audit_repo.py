@@ -94,6 +94,9 @@ def iterate(db: Database, batch: int = 1000) -> Iterator[dict[str, Any]]:
 
 def verify(db: Database) -> dict[str, Any]:
     """Walk the chain; report the first entry that was edited, removed or relinked."""
+    # The head is read before the walk: an entry is inserted before the head moves to it, so every entry up to
+    # this head exists when the walk passes; entries appended during the walk are walked or not, never "deleted".
+    head = db.audit_head.find_one({"_id": "head"})
     expected_seq, prev, count = 1, GENESIS, 0
     for doc in iterate(db):
         count += 1
@@ -107,7 +110,6 @@ def verify(db: Database) -> dict[str, Any]:
             return {"valid": False, "entries": count, "first_broken": {
                 "seq": doc["seq"], "reason": "its content does not match its hash (edited)"}}
         prev, expected_seq = doc["hash"], expected_seq + 1
-    head = db.audit_head.find_one({"_id": "head"})
     if head is not None and head["seq"] >= expected_seq:
         return {"valid": False, "entries": count, "first_broken": {
             "seq": expected_seq, "reason": f"entries {expected_seq} to {head['seq']} were deleted from the end"}}
