@@ -1,9 +1,9 @@
 """Memory of the API under one kind of traffic at a time: which kind makes it grow?
 
 Usage (loopback only; starts and stops a private stack like soak.py; bounded by --minutes plus about a minute):
-    .venv/bin/python tests/bench/memory_by_traffic.py KIND [--minutes 4]
+    .venv/bin/python tests/bench/memory_by_traffic.py KIND[,KIND...] [--minutes 4]
 
-KIND is one of:
+Several kinds at once (e.g. mixed,jobs) share the clients between them, round robin. KIND is one of:
   me       GET /api/v1/me (HTTP, auth and the Flask stack only), 16 clients
   predict  single-row predictions of one model, 16 clients
   mixed    predictions over 20 models x 2 versions, by alias or explicit version, 1-5 rows, 32 clients
@@ -72,14 +72,17 @@ def one_request(s: requests.Session, url: str, kind: str, n: int) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("kind", choices=KINDS)
+    parser.add_argument("kind", help="one of " + ", ".join(KINDS) + ", or several joined by commas")
     parser.add_argument("--minutes", type=float, default=4.0)
     args = parser.parse_args()
+    kinds = args.kind.split(",")
+    if not kinds or any(k not in KINDS for k in kinds):
+        parser.error(f"kind: expected one or more of {', '.join(KINDS)} joined by commas, got {args.kind!r}")
     stack = Stack(Path(tempfile.mkdtemp(prefix="modeldeck-memory-")))
     try:
         headers = {"Authorization": f"Bearer {stack.start()}"}
         upload(stack.url, headers, 1, 1)
-        if args.kind == "mixed":
+        if "mixed" in kinds:
             for m in range(2, 21):
                 for v in (1, 2):
                     upload(stack.url, headers, m, v)
@@ -87,16 +90,17 @@ def main() -> int:
         count = [0]
         lock = threading.Lock()
 
-        def client() -> None:
+        def client(kind: str) -> None:
             s = requests.Session()
             s.headers.update(headers)
             while time.monotonic() < stop:
                 with lock:
                     count[0] += 1
                     n = count[0]
-                one_request(s, stack.url, args.kind, n)
+                one_request(s, stack.url, kind, n)
 
-        threads = [threading.Thread(target=client, daemon=True) for _ in range(32 if args.kind == "mixed" else 16)]
+        clients = 32 if "mixed" in kinds else 16
+        threads = [threading.Thread(target=client, args=(kinds[i % len(kinds)],), daemon=True) for i in range(clients)]
         for t in threads:
             t.start()
         time.sleep(20)
