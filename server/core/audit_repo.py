@@ -23,6 +23,11 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 GENESIS = "0" * 64
+# Entries fetched per query when walking the trail (verify, export). Small on purpose: with 1,000, each walk held
+# ~5 MB of entries at once, and walks repeated while other threads allocated fragmented the API's heap: its memory
+# rose ~20 MB in 4 minutes of jobs plus audit reads and kept rising in the soak (docs/reliability.md#memory).
+# 100 keeps a walk's peak near 0.6 MB for ~14% more time.
+WALK_BATCH = 100
 FIELDS = ("time", "actor", "method", "role", "action", "target", "outcome", "status", "request_id", "client", "details")
 
 
@@ -81,7 +86,7 @@ def query(db: Database, filters: dict[str, str | None], limit: int, before: int 
     return list(db.audit.find(q).sort("seq", DESCENDING).limit(limit))
 
 
-def iterate(db: Database, batch: int = 1000) -> Iterator[dict[str, Any]]:
+def iterate(db: Database, batch: int = WALK_BATCH) -> Iterator[dict[str, Any]]:
     """Yield every entry in chain order, a batch of ids at a time."""
     after = 0
     while True:

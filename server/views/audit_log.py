@@ -61,7 +61,7 @@ def export(query: AuditQuery) -> Response:
         writer.writerow(COLUMNS)
         before = query.before
         while True:
-            docs = audit_repo.query(db, filters, 1000, before)
+            docs = audit_repo.query(db, filters, audit_repo.WALK_BATCH, before)
             for doc in docs:
                 view = entry_view(doc)
                 view["details"] = str(view["details"])
@@ -69,7 +69,7 @@ def export(query: AuditQuery) -> Response:
             yield buf.getvalue()
             buf.seek(0)
             buf.truncate()
-            if len(docs) < 1000:
+            if len(docs) < audit_repo.WALK_BATCH:
                 return
             before = docs[-1]["seq"]
 
