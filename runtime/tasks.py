@@ -38,6 +38,8 @@ def predict_job(job_id: str) -> None:
     state = get_state()
     job = jobs_repo.start_job(state.db, job_id)
     if job is None:
+        if jobs_repo.record_missing_finish(state.db, job_id):
+            logger.warning("job %s was finished by a worker that died before auditing it; job.finish recorded now", job_id)
         logger.info("job %s already finished or unknown; skipping", job_id)
         return
     params = job["params"]
@@ -64,6 +66,8 @@ def batch_job(job_id: str) -> None:
     state = get_state()
     job = jobs_repo.start_job(state.db, job_id)
     if job is None:
+        if jobs_repo.record_missing_finish(state.db, job_id):
+            logger.warning("job %s was finished by a worker that died before auditing it; job.finish recorded now", job_id)
         logger.info("job %s already finished, cancelled or unknown; skipping", job_id)
         return
     logger.info("batch job %s started (attempt %d)", job_id, job.get("attempts", 0) + 1)

@@ -38,6 +38,9 @@ from isolation import PrivateBroker, admin_of, isolated_stack, ready
 from sample_models import HogModel, NaNModel, RaisingModel, SlowModel
 from sklearn.linear_model import LinearRegression
 
+from server.core import jobs_repo
+from server.router import Router
+
 ROW = [5.1, 3.5, 1.4, 0.2]
 
 
@@ -246,12 +249,38 @@ def test_worker_killed_mid_request_answers_within_the_timeout_and_jobs_finish_ex
         for i, job_id in enumerate(jobs):
             view = fault_api.get(f"/api/v1/jobs/{job_id}").json()
             assert view["status"] == "succeeded" and view["result"] == {"predictions": [float(i)]}, view
+            # The worker stores the outcome, then audits it: the entry follows the status by a moment.
+            wait_for(lambda: stack.db.audit.count_documents({"action": "job.finish", "target": job_id}) >= 1, 10,
+                     f"job.finish of {job_id}", replacement.log)
             finishes = list(stack.db.audit.find({"action": "job.finish", "target": job_id}))
             assert len(finishes) == 1, finishes
     finally:
         victim.stop()
         if replacement is not None:
             replacement.stop()
+
+
+def test_a_job_finished_by_a_worker_that_died_before_auditing_it_gets_its_entry_on_redelivery(
+        stack: Stack, worker: Proc) -> None:
+    """A worker stores a job's outcome, audits it, then acknowledges the task. One killed between the first two
+    leaves a finished job without its job.finish entry; the task comes back and the next worker writes it, once."""
+    job_id = "job_" + uuid.uuid4().hex
+    jobs_repo.create_job(stack.db, job_id, "predict", "apikey:crashed", {"model": "m", "version": 1}, 600)
+    assert jobs_repo.finish_job(stack.db, job_id, result={"predictions": [1.0]})  # what the dead worker left
+    router = Router(stack.settings.broker_url, stack.settings.queue_prefix)
+    router.start()
+    try:
+        for _ in range(2):  # redelivered twice: still one entry
+            router.send("cpu", "runtime.predict_job", [job_id], job_id)
+        wait_for(lambda: stack.db.audit.count_documents({"action": "job.finish", "target": job_id}) >= 1, 20,
+                 "the job.finish entry", worker.log)
+        time.sleep(1.0)
+    finally:
+        router.stop()
+    finishes = list(stack.db.audit.find({"action": "job.finish", "target": job_id}))
+    assert len(finishes) == 1, finishes
+    assert finishes[0]["outcome"] == "success" and finishes[0]["details"]["recorded_on_redelivery"] is True
+    assert stack.db.jobs.find_one({"_id": job_id})["result"] == {"predictions": [1.0]}  # not run again
 
 
 def test_a_worker_killed_holding_a_request_is_answered_by_another_worker_at_once(stack: Stack, admin_key: str) -> None:

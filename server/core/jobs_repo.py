@@ -122,6 +122,25 @@ def record_event(db: Database, job: dict[str, Any], action: str, outcome: str, d
                            "request_id": job["_id"], "client": None, "details": {"owner": job["owner"], **details}})
 
 
+def record_missing_finish(db: Database, job_id: str) -> bool:
+    """For a redelivered task whose job is already finished: write its job.finish entry if it has none.
+
+    A worker stores the outcome, then writes the audit entry, then acknowledges the task. One that dies between
+    the first two leaves a finished job without its entry; the task comes back (acks late) and this writes it,
+    so every job a worker ran ends with exactly one job.finish entry. Return whether an entry was written.
+    """
+    doc = db.jobs.find_one({"_id": job_id})
+    if doc is None or doc["status"] not in ("succeeded", "failed"):  # only a worker sets these
+        return False
+    if db.audit.find_one({"action": "job.finish", "target": job_id}, {"_id": 1}) is not None:
+        return False
+    status = doc["status"]
+    record_event(db, doc, "job.finish", "success" if status == "succeeded" else status,
+                 {"kind": doc["kind"], "status": status, "error": (doc.get("error") or {}).get("code"),
+                  "recorded_on_redelivery": True})
+    return True
+
+
 def purge_expired_jobs(db: Database) -> int:
     """Delete jobs past their retention time, their output parts, and result or upload files nothing else uses."""
     expired = list(db.jobs.find({"expires_at": {"$lt": now_iso()}}, {"result": 1, "params.source": 1}))
