@@ -132,6 +132,10 @@ def record_missing_finish(db: Database, job_id: str) -> bool:
     doc = db.jobs.find_one({"_id": job_id})
     if doc is None or doc["status"] not in ("succeeded", "failed"):  # only a worker sets these
         return False
+    # Two deliveries of the task may run at once (a worker has several threads): one claims the check.
+    if db.jobs.update_one({"_id": job_id, "finish_checked_at": {"$exists": False}},
+                          {"$set": {"finish_checked_at": now_iso()}}).modified_count == 0:
+        return False
     if db.audit.find_one({"action": "job.finish", "target": job_id}, {"_id": 1}) is not None:
         return False
     status = doc["status"]
