@@ -68,7 +68,7 @@ def mon(stack: Stack, worker: Proc, admin_key: str, hook: Hook) -> Iterator[Clie
            "MODELDECK_ALERT_WEBHOOK_URL": hook.url, "MODELDECK_ALERT_WEBHOOK_SECRET": WEBHOOK_SECRET}
     log = stack.tmp / f"api-mon-{port}.log"
     proc = Proc([sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "2", "--threads", "8",
-                 "--worker-class", "gthread", "server.wsgi:app"], env, log)
+                 "--worker-class", "server.http_worker.LingeringThreadWorker", "server.wsgi:app"], env, log)
     url = f"http://127.0.0.1:{port}"
 
     def ready() -> bool:
