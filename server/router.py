@@ -93,6 +93,8 @@ class Router:
         self._caller_params.connection_attempts = 1
         self._prefix = queue_prefix
         self._local = threading.local()  # each request thread's _Caller
+        self._callers: set[_Caller] = set()  # all of them, closed by stop()
+        self._callers_lock = threading.Lock()
         self._generation = 0  # counts the I/O thread's connections: a caller from an earlier one is stale
         self._conn: BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
@@ -122,10 +124,14 @@ class Router:
         self._connected.wait(wait_s)
 
     def stop(self) -> None:
-        """Stop the I/O thread and close the connection."""
+        """Stop the I/O thread and close every connection (the request threads' too: no call may be running)."""
         self._stopping.set()
         if self._thread:
             self._thread.join(5)
+        with self._callers_lock:
+            callers, self._callers = self._callers, set()
+        for caller in callers:
+            caller.close()
 
     @property
     def connected(self) -> bool:
@@ -232,14 +238,21 @@ class Router:
             caller.used = now
             return caller
         if caller is not None:
-            caller.close()
-            self._local.caller = None
+            self._drop_caller(caller)
         try:
             caller = _Caller(self._caller_params, self._generation)
         except Exception as exc:  # the broker went away between the state check and here
             raise UnavailableError(BROKER_DOWN) from exc
+        with self._callers_lock:
+            self._callers.add(caller)
         self._local.caller = caller
         return caller
+
+    def _drop_caller(self, caller: _Caller) -> None:
+        caller.close()
+        self._local.caller = None
+        with self._callers_lock:
+            self._callers.discard(caller)
 
     def call(self, pool: str, task: str, args: list[Any], timeout_s: float, request_id: str) -> dict[str, Any]:
         """Send a task to a pool's queue and wait for its result, at most timeout_s, on this thread."""
@@ -256,8 +269,7 @@ class Router:
                 caller.declared.add(queue)
             caller.channel.basic_publish(exchange="", routing_key=queue, body=body, properties=props)
         except Exception as exc:
-            caller.close()
-            self._local.caller = None
+            self._drop_caller(caller)
             raise UnavailableError(BROKER_DOWN) from exc
         deadline = time.monotonic() + timeout_s
         replies = caller.replies
@@ -273,8 +285,7 @@ class Router:
         except GatewayTimeoutError:
             raise
         except Exception as exc:  # the connection died while waiting
-            caller.close()
-            self._local.caller = None
+            self._drop_caller(caller)
             raise UnavailableError("the connection to the message broker was lost while waiting for the reply; retry") from exc
         finally:
             reply = replies.pop(task_id, None)

@@ -39,6 +39,8 @@ from sample_models import HogModel, NaNModel, RaisingModel, SlowModel
 from sklearn.linear_model import LinearRegression
 
 from server.core import jobs_repo
+from server.core.errors import GatewayTimeoutError
+from server.predictions import task_spec
 from server.router import Router
 
 ROW = [5.1, 3.5, 1.4, 0.2]
@@ -281,6 +283,28 @@ def test_a_job_finished_by_a_worker_that_died_before_auditing_it_gets_its_entry_
     assert len(finishes) == 1, finishes
     assert finishes[0]["outcome"] == "success" and finishes[0]["details"]["recorded_on_redelivery"] is True
     assert stack.db.jobs.find_one({"_id": job_id})["result"] == {"predictions": [1.0]}  # not run again
+
+
+def test_a_late_reply_lands_on_the_callers_thread_and_never_answers_its_next_call(stack: Stack, fault_api: Client) -> None:
+    """Each API thread publishes and reads its replies on its own connection: the answer to a call that timed
+    out arrives there while the thread's next call waits, and that call still gets its own answer."""
+    name = unique("late")
+    assert fault_api.upload(name, pickle.dumps(SlowModel(1.5)), fmt="pickle", filename="m.pkl").status_code == 201
+    spec = task_spec(stack.db.versions.find_one({"_id": f"{name}:1"}))
+    router = Router(stack.settings.broker_url, stack.settings.queue_prefix)
+    router.start()
+    try:
+        with pytest.raises(GatewayTimeoutError):
+            router.call("cpu", "runtime.predict", [spec, [[111.0, 0.0]]], 1.0, "late-1")
+        started = time.monotonic()
+        # Answered at about 2.5 s; the first call's answer lands on this thread's queue at about 1.5 s.
+        reply = router.call("cpu", "runtime.predict", [spec, [[222.0, 0.0]]], 5.0, "late-2")
+        waited = time.monotonic() - started
+    finally:
+        router.stop()
+    assert reply["task_id"].startswith("late-2."), reply
+    assert reply["result"]["predictions"] == [222.0]
+    assert waited > 1.2  # it was still waiting when the late answer arrived
 
 
 def test_a_worker_killed_holding_a_request_is_answered_by_another_worker_at_once(stack: Stack, admin_key: str) -> None:
