@@ -80,6 +80,7 @@ class Settings(BaseSettings):
     metrics_rollup_interval_s: float = Field(default=300.0, gt=0)
     pool_sample_interval_s: float = Field(default=15.0, gt=0)
     worker_fast_lane: bool = True
+    worker_inline_max_ms: float = Field(default=2.0, ge=0)
     prediction_log_retention_days: float = Field(default=7.0, gt=0)
     prediction_log_max_bytes: int = Field(default=16384, ge=256)
     alert_interval_s: float = Field(default=60.0, gt=0)

@@ -56,6 +56,7 @@ FIELD_DOCS: dict[str, str] = {
     'metrics_hourly_retention_days': "Hourly buckets older than this are deleted.",
     'metrics_rollup_interval_s': "How often an API process runs the roll-up and expiry.",
     'worker_fast_lane': "Workers answer synchronous predictions through ModelDeck's lean Celery task strategy ([runtime](runtime.md)); `false`: Celery's default strategy, to measure or rule out the fast lane.",
+    'worker_inline_max_ms': "A skops or ONNX model whose last 20 warm predictions each took at most this many ms is run on the worker's consumer thread instead of a pool thread (0.3 ms less per request, [runtime](runtime.md)); 0 turns this off.",
     'pool_sample_interval_s': "How often each pool's workers and queue depth are recorded for the charts over time (kept as long as minute buckets).",
     'prediction_log_retention_days': "Logged prediction inputs older than this are deleted.",
     'prediction_log_max_bytes': "Largest logged payload per request (JSON bytes); rows past it are dropped and the entry marked `truncated`.",
