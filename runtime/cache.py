@@ -10,10 +10,17 @@ from runtime.loader import LoadedModel
 
 
 class ModelCache:
-    """Keep the most recently used models loaded; load each one once even under concurrency."""
+    """Keep the most recently used models loaded; load each one once even under concurrency.
 
-    def __init__(self, capacity: int) -> None:
+    Bounded twice: at most ``capacity`` models and at most ``max_bytes`` of their artifacts (the measure
+    of a model's memory that is known before it is used). The model just loaded always stays, even alone
+    over the byte bound: it is about to answer.
+    """
+
+    def __init__(self, capacity: int, max_bytes: int | None = None) -> None:
         self.capacity = capacity
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
@@ -39,8 +46,11 @@ class ModelCache:
             with self._lock:
                 self.misses += 1
                 self._models[sha256] = model
-                while len(self._models) > self.capacity:
-                    self._models.popitem(last=False)
+                self.bytes += model.size
+                while len(self._models) > 1 and (len(self._models) > self.capacity or
+                                                 (self.max_bytes is not None and self.bytes > self.max_bytes)):
+                    _, evicted = self._models.popitem(last=False)
+                    self.bytes -= evicted.size
                 self._loading.pop(sha256, None)
             return model, True
 

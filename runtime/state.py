@@ -31,7 +31,8 @@ def init_state(settings: Settings) -> WorkerState:
     if _state is None:
         # Before the model cache fills: a model that allocates without bound must hit this process's limit.
         apply_memory_limit(settings.worker_memory_limit_mb)
-        _state = WorkerState(settings=settings, db=connect(settings), cache=ModelCache(settings.model_cache_size))
+        cache = ModelCache(settings.model_cache_size, settings.model_cache_mb * 2**20)
+        _state = WorkerState(settings=settings, db=connect(settings), cache=cache)
     return _state
 
 

@@ -28,6 +28,7 @@ FIELD_DOCS: dict[str, str] = {
     'worker_concurrency': "Threads per worker process.",
     'worker_memory_limit_mb': "Address-space limit of a worker process (`RLIMIT_AS`), so a model that allocates without bound gets a `MemoryError` (answered as that model's error) instead of taking the host down; 0: no limit. Set it well above the worker's normal virtual size (`ps -o vsz`), which thread stacks and allocator arenas make larger than its resident memory.",
     'model_cache_size': "Models a worker keeps loaded (least recently used leave first).",
+    'model_cache_mb': "Megabytes of artifacts a worker keeps loaded, the second bound of its model cache (least recently used leave first; the model just loaded always stays). Keep it well under MODELDECK_WORKER_MEMORY_LIMIT_MB.",
     'heartbeat_interval_s': "How often a worker records its heartbeat.",
     'worker_lost_after_s': "A worker whose last heartbeat is older than this is not counted as live.",
     'gpu_pools': "JSON list: pools whose workers need an NVIDIA GPU; such a worker refuses to start (exit 3) when NVML finds none.",
