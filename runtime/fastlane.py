@@ -211,7 +211,9 @@ def strategy(task: Any, app: Any, consumer: Any, **_: Any) -> Any:
             pool.apply_async(_answer_lost, args=(replies, message, lambda: ack(logger, errors), args, task_id))
             return
         if gate.allows(args):
-            _run(state, replies, gate, message, lambda: ack(logger, errors), args, task_id, inline=True)
+            # On the consumer's own thread the ack is written at once: through Celery's call_soon it would wait for
+            # the end of this batch of deliveries, and the broker sends no more past the prefetch limit meanwhile.
+            _run(state, replies, gate, message, lambda: message.ack_log_error(logger, errors), args, task_id, inline=True)
             return
         pool.apply_async(_run, args=(state, replies, gate, message, lambda: ack(logger, errors), args, task_id))
 
