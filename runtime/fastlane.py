@@ -45,15 +45,19 @@ import pika
 from celery.worker.strategy import default as default_strategy
 
 from runtime.predict import run_prediction
+from server.core.direct_reply import HEADER_ADDRESS, HEADER_KEY, DirectSender
 from runtime.state import WorkerState, get_state
 
 logger = logging.getLogger(__name__)
 
 
 class _Replies:
-    """One pika publisher connection per pool thread (pika connections are not shared across threads)."""
+    """Answers to callers: straight to the API thread where the message names its listener (one connection per
+    listener, shared by this worker's threads; see server/core/direct_reply.py), else or when that fails through
+    the broker to ``reply_to``, on one pika publisher connection per thread (pika's are not thread-safe)."""
 
     def __init__(self, broker_url: str) -> None:
+        self.direct = DirectSender()
         params = pika.URLParameters(broker_url)
         if params.virtual_host in ("", "/"):
             params.virtual_host = "/"
@@ -64,8 +68,18 @@ class _Replies:
         self._params = params
         self._local = threading.local()
 
+    def answer(self, message: Any, correlation_id: str, body: bytes) -> None:
+        """Send one reply to the caller of message, straight if it can be, else through the broker."""
+        props = message.properties
+        headers = message.headers or {}
+        address = headers.get(HEADER_ADDRESS)
+        if address and self.direct.send(address, headers.get(HEADER_KEY), correlation_id, body):
+            return
+        if props.get("reply_to"):
+            self.publish(props["reply_to"], correlation_id, body)
+
     def publish(self, reply_to: str, correlation_id: str, body: bytes) -> None:
-        """Send one reply; reconnect once if the connection was lost meanwhile."""
+        """Send one reply through the broker; reconnect once if the connection was lost meanwhile."""
         props = pika.BasicProperties(content_type="application/json", content_encoding="utf-8",
                                      correlation_id=correlation_id, delivery_mode=1)
         for attempt in (1, 2):
@@ -154,10 +168,8 @@ def worker_lost_reply(spec: Any, task_id: str) -> dict[str, Any]:
 
 
 def _answer_lost(replies: _Replies, message: Any, ack: Any, args: list[Any], task_id: str) -> None:
-    props = message.properties
-    if props.get("reply_to"):
-        replies.publish(props["reply_to"], props.get("correlation_id") or task_id,
-                        orjson.dumps(worker_lost_reply(args[0] if args else None, task_id)))
+    replies.answer(message, message.properties.get("correlation_id") or task_id,
+                   orjson.dumps(worker_lost_reply(args[0] if args else None, task_id)))
     ack()
 
 
@@ -177,8 +189,7 @@ def _run(state: WorkerState, replies: _Replies, gate: _InlineGate, message: Any,
     finally:
         with state.lock:
             state.busy -= 1
-    if props.get("reply_to"):
-        replies.publish(props["reply_to"], props.get("correlation_id") or task_id, orjson.dumps(reply))
+    replies.answer(message, props.get("correlation_id") or task_id, orjson.dumps(reply))
     ack()  # bound to the consumer's ack_log_error arguments in strategy(); after the answer (see above)
 
 

@@ -24,6 +24,7 @@ from server.core.errors import ModelDeckError
 from server.core.settings import Settings
 from server.openapi import build_openapi
 from server.ratelimit import FailureLimiter
+from server.core.direct_reply import resolve_host
 from server.router import Router
 from server.views import apikeys, audit_log, datasources, docs, health, jobs, models, predict, v2
 from server.views import runtimes
@@ -54,7 +55,8 @@ def create_app(settings: Settings, router: Router | None = None) -> Flask:
     ensure_indexes(db)
     crypto.check_key_present(settings, datasources_repo.count_datasources(db))
     if router is None:
-        router = Router(settings.broker_url, settings.queue_prefix)
+        reply_host = resolve_host(settings.direct_reply_host) if settings.direct_replies else None
+        router = Router(settings.broker_url, settings.queue_prefix, reply_host)
     router.start()
     cache = RepoCache(lambda: router.connected, ttl_s=CACHE_TTL_S)
     router.on_event(cache.on_event)

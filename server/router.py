@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import socket
 import threading
 import time
 import uuid
 from typing import Any, Callable
 
+import amqp
 import orjson
 import pika
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
+from server.core.direct_reply import HEADER_ADDRESS, HEADER_KEY, ReplyListener
 from server.core.errors import GatewayTimeoutError, UnavailableError
 
 logger = logging.getLogger(__name__)
@@ -39,34 +42,73 @@ _CALLER_IDLE_S = 120.0  # a thread's connection unused this long is reopened rat
 
 
 class _Caller:
-    """One request thread's own connection, reply queue and the replies read from it.
+    """One request thread's own connection, reply queue, reply listener and the replies read from them.
 
-    It has no heartbeats: the thread reads it only while a call of its own waits, so the broker
-    would close a heartbeating connection of an idle thread. One unused for _CALLER_IDLE_S is
-    reopened before use instead, and the I/O thread's reconnects mark every older one stale.
+    The connection (py-amqp: a publish is one socket write, and its socket can be polled together with the
+    listener's) has no heartbeats: the thread reads it only while a call of its own waits, so the broker
+    would close a heartbeating connection of an idle thread. One unused for _CALLER_IDLE_S is reopened
+    before use instead, and the I/O thread's reconnects mark every older one stale.
     """
 
-    def __init__(self, params: pika.URLParameters, generation: int) -> None:
+    def __init__(self, params: pika.URLParameters, generation: int, reply_host: str | None) -> None:
         self.generation = generation
         self.used = time.monotonic()
-        self.conn = pika.BlockingConnection(params)
-        self.channel = self.conn.channel()
-        self.reply_queue = self.channel.queue_declare(queue="", exclusive=True, auto_delete=True).method.queue
-        self.replies: dict[str, dict[str, Any]] = {}
-        self.channel.basic_consume(self.reply_queue, self._on_reply, auto_ack=True)
-        self.declared: set[str] = set()
+        self.conn = amqp.Connection(
+            host=f"{params.host}:{params.port}", userid=params.credentials.username,
+            password=params.credentials.password, virtual_host=params.virtual_host,
+            ssl=params.ssl_options is not None, heartbeat=0, connect_timeout=3, write_timeout=10,
+        )
+        self.listener: ReplyListener | None = None
+        try:
+            self.conn.connect()
+            self.channel = self.conn.channel()
+            self.reply_queue = self.channel.queue_declare(queue="", exclusive=True, auto_delete=True).queue
+            self.replies: dict[str, dict[str, Any]] = {}
+            self.consumer_tag = self.channel.basic_consume(self.reply_queue, callback=self._on_reply, no_ack=True)
+            self.declared: set[str] = set()
+            if reply_host is not None:
+                try:
+                    self.listener = ReplyListener(reply_host)
+                except OSError as exc:  # out of file descriptors, say: this thread's answers take the broker
+                    logger.warning("no reply listener on %s (%s); answers come through the broker", reply_host, exc)
+                else:
+                    self.listener.watch(self.conn.sock.fileno())
+        except Exception:
+            self.close()
+            raise
 
+    def _on_reply(self, message: amqp.Message) -> None:
+        self._take(message.properties.get("correlation_id", ""), message.body)
 
-    def _on_reply(self, _ch: Any, _method: Any, props: pika.BasicProperties, body: bytes) -> None:
+    def _take(self, correlation_id: str, body: bytes) -> None:
         try:
             message = orjson.loads(body)
         except orjson.JSONDecodeError:
-            logger.warning("dropped a reply that is not JSON (correlation id %s)", props.correlation_id)
+            logger.warning("dropped a reply that is not JSON (correlation id %s)", correlation_id)
             return
-        if message.get("status") in _READY_STATES:
-            self.replies[props.correlation_id] = message
+        if isinstance(message, dict) and message.get("status") in _READY_STATES:
+            self.replies[correlation_id] = message
+
+    def wait(self, timeout_s: float) -> None:
+        """Read whatever replies arrive within timeout_s (on either path)."""
+        if self.listener is None:
+            self._drain(timeout_s)
+            return
+        answers, broker_ready = self.listener.wait(timeout_s)
+        for correlation_id, body in answers:
+            self._take(correlation_id, body)
+        if broker_ready:
+            self._drain(1.0)  # a message has begun to arrive: read it whole
+
+    def _drain(self, timeout_s: float) -> None:
+        try:
+            self.conn.drain_events(timeout=timeout_s)
+        except socket.timeout:
+            pass
 
     def close(self) -> None:
+        if self.listener is not None:
+            self.listener.close()
         try:
             self.conn.close()
         except Exception:  # already closed by the broker or the network
@@ -76,7 +118,8 @@ class _Caller:
 class Router:
     """Send tasks by name to pool queues and collect synchronous replies."""
 
-    def __init__(self, broker_url: str, queue_prefix: str) -> None:
+    def __init__(self, broker_url: str, queue_prefix: str, reply_host: str | None = None) -> None:
+        self._reply_host = reply_host  # where workers answer request threads straight (None: through the broker)
         self._params = pika.URLParameters(broker_url)
         if self._params.virtual_host in ("", "/"):
             # Celery and kombu read "amqp://host//" as the default vhost "/"; pika reads it as "".
@@ -233,14 +276,14 @@ class Router:
         """Return this thread's connection, opening it on first use or after the broker came back."""
         caller: _Caller | None = getattr(self._local, "caller", None)
         now = time.monotonic()
-        if (caller is not None and caller.generation == self._generation and caller.conn.is_open
+        if (caller is not None and caller.generation == self._generation and caller.conn.connected
                 and now - caller.used < _CALLER_IDLE_S):
             caller.used = now
             return caller
         if caller is not None:
             self._drop_caller(caller)
         try:
-            caller = _Caller(self._caller_params, self._generation)
+            caller = _Caller(self._caller_params, self._generation, self._reply_host)
         except Exception as exc:  # the broker went away between the state check and here
             raise UnavailableError(BROKER_DOWN) from exc
         with self._callers_lock:
@@ -261,13 +304,20 @@ class Router:
         caller = self._caller()
         task_id = request_id + "." + uuid.uuid4().hex[:8]
         body, props = self._message(task, args, task_id, reply_to=caller.reply_queue, expires_s=timeout_s)
+        headers = props.headers
+        if caller.listener is not None:
+            headers[HEADER_ADDRESS] = caller.listener.address
+            headers[HEADER_KEY] = caller.listener.key
+        message = amqp.Message(body, content_type=props.content_type, content_encoding=props.content_encoding,
+                               correlation_id=task_id, reply_to=caller.reply_queue, delivery_mode=1, priority=0,
+                               application_headers=headers)
         queue = self._prefix + pool
         try:
             if queue not in caller.declared:
                 # Same arguments as Celery's Queue(name): durable, no extra arguments.
-                caller.channel.queue_declare(queue=queue, durable=True)
+                caller.channel.queue_declare(queue=queue, durable=True, auto_delete=False)
                 caller.declared.add(queue)
-            caller.channel.basic_publish(exchange="", routing_key=queue, body=body, properties=props)
+            caller.channel.basic_publish(message, exchange="", routing_key=queue)
         except Exception as exc:
             self._drop_caller(caller)
             raise UnavailableError(BROKER_DOWN) from exc
@@ -281,7 +331,7 @@ class Router:
                         f"no answer from pool '{pool}' within {timeout_s:g} s (request {request_id}); the late result will be dropped",
                         {"request_id": request_id, "pool": pool},
                     )
-                caller.conn.process_data_events(time_limit=left)
+                caller.wait(left)
         except GatewayTimeoutError:
             raise
         except Exception as exc:  # the connection died while waiting

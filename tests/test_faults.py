@@ -285,13 +285,15 @@ def test_a_job_finished_by_a_worker_that_died_before_auditing_it_gets_its_entry_
     assert stack.db.jobs.find_one({"_id": job_id})["result"] == {"predictions": [1.0]}  # not run again
 
 
-def test_a_late_reply_lands_on_the_callers_thread_and_never_answers_its_next_call(stack: Stack, fault_api: Client) -> None:
-    """Each API thread publishes and reads its replies on its own connection: the answer to a call that timed
-    out arrives there while the thread's next call waits, and that call still gets its own answer."""
+@pytest.mark.parametrize("reply_host", [None, "127.0.0.1"], ids=["through-the-broker", "direct"])
+def test_a_late_reply_lands_on_the_callers_thread_and_never_answers_its_next_call(
+        stack: Stack, fault_api: Client, reply_host: str | None) -> None:
+    """Each API thread publishes and reads its replies on its own connection (and listener): the answer to a call
+    that timed out arrives there while the thread's next call waits, and that call still gets its own answer."""
     name = unique("late")
     assert fault_api.upload(name, pickle.dumps(SlowModel(1.5)), fmt="pickle", filename="m.pkl").status_code == 201
     spec = task_spec(stack.db.versions.find_one({"_id": f"{name}:1"}))
-    router = Router(stack.settings.broker_url, stack.settings.queue_prefix)
+    router = Router(stack.settings.broker_url, stack.settings.queue_prefix, reply_host)
     router.start()
     try:
         with pytest.raises(GatewayTimeoutError):

@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     max_body_kb: int = Field(default=10240, ge=1)
     max_predict_rows: int = Field(default=10000, ge=1)
     predict_timeout_s: float = Field(default=30.0, gt=0)
+    direct_replies: bool = True
+    direct_reply_host: str = Field(default="127.0.0.1", min_length=1)
     worker_pool: str = Field(default="cpu", pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")
     worker_concurrency: int = Field(default=4, ge=1)
     worker_memory_limit_mb: int = Field(default=0, ge=0)

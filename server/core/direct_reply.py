@@ -1,0 +1,267 @@
+"""Synchronous replies from a worker straight to the waiting API thread, over TCP, not back through RabbitMQ.
+
+The request still travels through the pool's queue (fair dispatch, prefetch, queue depth for scaling); only
+its answer skips the broker. Each API request thread listens on a socket of its own and names it in the task
+message with a random key; the worker that runs the task opens one connection to that address (kept for the
+next answers), proves it knows the key, and writes the answer there. Measured on the 2-core machine of
+docs/performance.md: an echo through RabbitMQ and back 674-733 us, the same with the answer over such a
+connection 377-405 us. Each hop through the broker wakes two processes.
+
+Wire format: the worker's first bytes on a connection are ``MAGIC`` and the caller's key (32 ASCII hex
+digits); each answer then is a 4-byte big-endian length and that many bytes: the correlation id, a newline
+and the JSON body. An API thread reads these only while one of its calls waits; a late answer to a call that
+timed out is read at the thread's next call and dropped by its correlation id, as on the broker path.
+
+Whatever fails on the worker's side (no route to the API host, a refused or broken connection, a full send
+buffer for a second) sends that answer through the broker's reply queue instead, which the API thread reads
+at the same time; an address that could not be reached is not tried again for ``RETRY_AFTER_S``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+import select
+import socket
+import struct
+import threading
+import time
+from collections import OrderedDict
+
+from server.core.settings import SettingsError
+
+logger = logging.getLogger(__name__)
+
+MAGIC = b"MDR1"
+HEADER_ADDRESS = "reply_direct"  # task message header: "host:port" of the caller's listener
+HEADER_KEY = "reply_key"  # task message header: the listener's key
+MAX_FRAME = 256 * 1024 * 1024  # larger than any reply the broker would take (RabbitMQ's default limit is 128 MiB)
+_LENGTH = struct.Struct("!I")
+_KEY_LEN = 32
+
+
+def format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def resolve_host(setting: str) -> str:
+    """Return the address workers reach this process at (the setting, or this host's own for ``auto``),
+    checked by listening on it once; SettingsError names the variable if that fails."""
+    try:
+        host = socket.gethostbyname(socket.gethostname()) if setting == "auto" else setting
+        ReplyListener(host).close()
+    except (OSError, ValueError) as exc:
+        raise SettingsError(
+            f"MODELDECK_DIRECT_REPLY_HOST={setting!r}: cannot listen on it ({exc}); expected an address of this "
+            "host that workers can reach, 'auto' for this host's own address, or MODELDECK_DIRECT_REPLIES=false"
+        ) from exc
+    return host
+
+
+class _Inbound:
+    __slots__ = ("sock", "buf", "trusted")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = bytearray()
+        self.trusted = False
+
+
+class ReplyListener:
+    """One API thread's listening socket and the worker connections it accepted (used by that thread only)."""
+
+    def __init__(self, host: str) -> None:
+        self.key = secrets.token_hex(_KEY_LEN // 2)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._listener = socket.create_server((host, 0), family=family, backlog=64)
+        self._listener.setblocking(False)
+        self.address = format_address(host, self._listener.getsockname()[1])
+        self._poll = select.poll()
+        self._poll.register(self._listener.fileno(), select.POLLIN)
+        self._inbound: dict[int, _Inbound] = {}
+        self._watched: int | None = None
+
+    def watch(self, fd: int) -> None:
+        """Also wake wait() when fd (the thread's broker connection) has data."""
+        self._poll.register(fd, select.POLLIN)
+        self._watched = fd
+
+    def wait(self, timeout_s: float) -> tuple[list[tuple[str, bytes]], bool]:
+        """Wait up to timeout_s; return the answers that arrived and whether the watched fd is readable."""
+        answers: list[tuple[str, bytes]] = []
+        watched_ready = False
+        for fd, _ in self._poll.poll(max(0, int(timeout_s * 1000) + 1)):
+            if fd == self._watched:
+                watched_ready = True
+            elif fd == self._listener.fileno():
+                self._accept()
+            else:
+                self._read(fd, answers)
+        return answers, watched_ready
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                logger.warning("could not accept a worker's reply connection: %s", exc)
+                return
+            sock.setblocking(False)
+            self._inbound[sock.fileno()] = _Inbound(sock)
+            self._poll.register(sock.fileno(), select.POLLIN)
+
+    def _read(self, fd: int, answers: list[tuple[str, bytes]]) -> None:
+        conn = self._inbound.get(fd)
+        if conn is None:
+            return
+        try:
+            data = conn.sock.recv(1 << 20)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(fd)
+            return
+        buf = conn.buf
+        buf += data
+        if not conn.trusted:
+            if len(buf) < len(MAGIC) + _KEY_LEN:
+                return
+            hello = bytes(buf[:len(MAGIC) + _KEY_LEN])
+            if not hmac.compare_digest(hello, MAGIC + self.key.encode()):
+                logger.warning("closed a reply connection that did not present this caller's key")
+                self._drop(fd)
+                return
+            conn.trusted = True
+            del buf[:len(MAGIC) + _KEY_LEN]
+        while len(buf) >= _LENGTH.size:
+            (size,) = _LENGTH.unpack_from(buf)
+            if size > MAX_FRAME:
+                logger.warning("closed a reply connection that announced a %d-byte answer", size)
+                self._drop(fd)
+                return
+            end = _LENGTH.size + size
+            if len(buf) < end:
+                return
+            frame = bytes(buf[_LENGTH.size:end])
+            del buf[:end]
+            cid, sep, body = frame.partition(b"\n")
+            if sep:
+                answers.append((cid.decode("utf-8", "replace"), body))
+
+    def _drop(self, fd: int) -> None:
+        conn = self._inbound.pop(fd, None)
+        if conn is not None:
+            self._poll.unregister(fd)
+            conn.sock.close()
+
+    def close(self) -> None:
+        for fd in list(self._inbound):
+            self._drop(fd)
+        self._listener.close()
+
+
+class _Outbound:
+    __slots__ = ("sock", "lock", "poll")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.lock = threading.Lock()
+        # The API never writes on this connection: anything to read means its listener closed it.
+        self.poll = select.poll()
+        self.poll.register(sock.fileno(), select.POLLIN | select.POLLRDHUP)
+
+
+class DirectSender:
+    """A worker's connections to API threads' listeners, shared by its threads (one lock per connection)."""
+
+    RETRY_AFTER_S = 60.0  # an address that could not be reached is not tried again for this long
+    SEND_TIMEOUT_S = 1.0  # a connection that takes longer to take an answer is closed; the broker carries it
+    MAX_CONNECTIONS = 512  # the least recently used are closed beyond this (each API thread is one)
+
+    def __init__(self) -> None:
+        self._conns: OrderedDict[tuple[str, str], _Outbound] = OrderedDict()
+        self._unreachable: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def send(self, address: str, key: str, correlation_id: str, body: bytes) -> bool:
+        """Write one answer to the caller at address; False if it must go through the broker instead."""
+        if not isinstance(address, str) or not isinstance(key, str) or len(key) != _KEY_LEN:
+            return False
+        frame = correlation_id.encode() + b"\n" + body
+        if len(frame) > MAX_FRAME:
+            return False
+        conn = self._connection(address, key)
+        if conn is None:
+            return False
+        with conn.lock:
+            # A send on a connection its listener closed would vanish without an error: check first.
+            if conn.poll.poll(0):
+                self._forget(address, key, conn, ConnectionResetError("closed by the API"))
+                return False
+            try:
+                conn.sock.sendall(_LENGTH.pack(len(frame)) + frame)
+                return True
+            except OSError as exc:  # timeout included
+                self._forget(address, key, conn, exc)
+                return False
+
+    def _connection(self, address: str, key: str) -> _Outbound | None:
+        try:
+            host, port = parse_address(address)
+        except ValueError:
+            return None
+        with self._lock:
+            conn = self._conns.get((address, key))
+            if conn is not None:
+                self._conns.move_to_end((address, key))
+                return conn
+            now = time.monotonic()
+            if now < self._unreachable.get(address, 0.0) or now < self._unreachable.get(host, 0.0):
+                return None
+        try:
+            sock = socket.create_connection((host, port), timeout=self.SEND_TIMEOUT_S)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.sendall(MAGIC + key.encode("ascii"))
+        except (OSError, UnicodeError) as exc:
+            # Refused: that listener is gone (its thread's connection was closed). Anything else (no route, a
+            # timeout): the host cannot be reached from here, and waiting on it again for each thread would
+            # cost every first answer the connect timeout.
+            banned = address if isinstance(exc, ConnectionRefusedError) else host
+            logger.warning("cannot send answers straight to %s (%s); they go through the broker for %.0f s",
+                           banned, exc, self.RETRY_AFTER_S)
+            with self._lock:
+                now = time.monotonic()
+                if len(self._unreachable) > 1024:
+                    self._unreachable = {k: t for k, t in self._unreachable.items() if t > now}
+                self._unreachable[banned] = now + self.RETRY_AFTER_S
+            return None
+        conn = _Outbound(sock)
+        with self._lock:
+            self._conns[(address, key)] = conn
+            while len(self._conns) > self.MAX_CONNECTIONS:
+                _, old = self._conns.popitem(last=False)
+                old.sock.close()
+        return conn
+
+    def _forget(self, address: str, key: str, conn: _Outbound, exc: Exception) -> None:
+        logger.info("reply connection to %s closed (%s); this answer goes through the broker", address, exc)
+        conn.sock.close()
+        with self._lock:
+            if self._conns.get((address, key)) is conn:
+                del self._conns[(address, key)]
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._conns = list(self._conns.values()), OrderedDict()
+        for conn in conns:
+            conn.sock.close()

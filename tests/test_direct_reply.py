@@ -1,0 +1,138 @@
+"""Answers from workers straight to the waiting API thread (server/core/direct_reply.py), and the broker fallback.
+
+The first tests use the listener and the sender over real loopback sockets; the others run real predictions
+through RabbitMQ and a real worker, with the broker's reply path or the direct one taken away.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from typing import Any
+
+import orjson
+import pytest
+
+from conftest import Client, Proc, Stack, unique
+from server.core.direct_reply import MAGIC, DirectSender, ReplyListener
+from server.core.errors import GatewayTimeoutError
+from server.core.settings import SettingsError
+from server.core.direct_reply import resolve_host
+from server.predictions import task_spec
+from server.router import Router
+
+
+def _collect(listener: ReplyListener, want: int, timeout_s: float = 5.0) -> list[tuple[str, bytes]]:
+    got: list[tuple[str, bytes]] = []
+    deadline = time.monotonic() + timeout_s
+    while len(got) < want and time.monotonic() < deadline:
+        answers, _ = listener.wait(0.2)
+        got += answers
+    return got
+
+
+def test_answers_reach_the_listener_whole_and_in_order_and_a_closed_listener_sends_them_to_the_broker() -> None:
+    listener = ReplyListener("127.0.0.1")
+    sender = DirectSender()
+    big = orjson.dumps({"status": "SUCCESS", "result": {"predictions": list(range(400_000))}})  # ~3 MB: many reads
+    try:
+        assert sender.send(listener.address, listener.key, "req-1.aa", b'{"status":"SUCCESS","result":1}')
+        assert sender.send(listener.address, listener.key, "req-2.bb", big)
+        assert sender.send(listener.address, listener.key, "req-3.cc", b"{}")
+        assert _collect(listener, 3) == [("req-1.aa", b'{"status":"SUCCESS","result":1}'), ("req-2.bb", big),
+                                         ("req-3.cc", b"{}")]
+    finally:
+        listener.close()
+    # The listener is gone: the sender notices the closed connection and hands the answer back for the broker.
+    assert not sender.send(listener.address, listener.key, "req-4.dd", b"{}")
+    assert not sender.send(listener.address, listener.key, "req-5.ee", b"{}")  # refused, and not retried for a while
+    sender.close()
+
+
+def test_a_connection_without_the_callers_key_is_closed_and_its_answers_are_ignored() -> None:
+    listener = ReplyListener("127.0.0.1")
+    try:
+        intruder = socket.create_connection(("127.0.0.1", int(listener.address.rsplit(":", 1)[1])), timeout=5)
+        frame = b"req-1.aa\n" + b'{"status":"SUCCESS","result":"forged"}'
+        intruder.sendall(MAGIC + b"0" * 32 + struct.pack("!I", len(frame)) + frame)
+        assert _collect(listener, 1, timeout_s=1.0) == []
+        assert intruder.recv(1) == b""  # closed by the listener
+        intruder.close()
+        # A sender with the wrong key gets its first answer refused the same way (it is dropped, never delivered).
+        sender = DirectSender()
+        sender.send(listener.address, "f" * 32, "req-2.bb", b"{}")
+        assert _collect(listener, 1, timeout_s=1.0) == []
+        sender.close()
+    finally:
+        listener.close()
+
+
+def test_an_address_the_api_cannot_listen_on_is_refused_at_start_with_the_variable_named() -> None:
+    with pytest.raises(SettingsError, match=r"MODELDECK_DIRECT_REPLY_HOST='192\.0\.2\.1': cannot listen on it"):
+        resolve_host("192.0.2.1")  # TEST-NET-1: never an address of this machine
+
+
+@pytest.fixture(scope="module")
+def spec(stack: Stack, worker: Proc, tight_api: Client, iris_skops: bytes) -> dict[str, Any]:
+    name = unique("direct")
+    assert tight_api.upload(name, iris_skops).status_code == 201
+    return task_spec(stack.db.versions.find_one({"_id": f"{name}:1"}))
+
+
+ROW = [[5.1, 3.5, 1.4, 0.2]]
+
+
+def test_with_the_broker_reply_queue_unread_a_prediction_is_still_answered_straight_to_the_caller(
+        stack: Stack, spec: dict[str, Any]) -> None:
+    router = Router(stack.settings.broker_url, stack.settings.queue_prefix, "127.0.0.1")
+    router.start()
+    try:
+        assert router.call("cpu", "runtime.predict", [spec, ROW], 10.0, "direct-0")["result"]["ok"]
+        caller = router._caller()
+        caller.channel.basic_cancel(caller.consumer_tag)  # answers through the broker now stay in its queue, unread
+        for i in range(1, 4):
+            reply = router.call("cpu", "runtime.predict", [spec, ROW], 10.0, f"direct-{i}")
+            assert reply["task_id"].startswith(f"direct-{i}.") and reply["result"]["predictions"] == [0], reply
+    finally:
+        router.stop()
+
+
+def test_without_direct_replies_an_unread_reply_queue_times_the_call_out(
+        stack: Stack, spec: dict[str, Any]) -> None:
+    """The control for the test above: it passes only because the answer skipped the broker."""
+    router = Router(stack.settings.broker_url, stack.settings.queue_prefix, None)
+    router.start()
+    try:
+        assert router.call("cpu", "runtime.predict", [spec, ROW], 10.0, "broker-0")["result"]["ok"]
+        caller = router._caller()
+        caller.channel.basic_cancel(caller.consumer_tag)
+        with pytest.raises(GatewayTimeoutError):
+            router.call("cpu", "runtime.predict", [spec, ROW], 2.0, "broker-1")
+    finally:
+        router.stop()
+
+
+def test_a_worker_that_cannot_reach_the_callers_listener_answers_through_the_broker(
+        stack: Stack, spec: dict[str, Any]) -> None:
+    router = Router(stack.settings.broker_url, stack.settings.queue_prefix, "127.0.0.1")
+    router.start()
+    try:
+        caller = router._caller()
+        assert caller.listener is not None
+        # Name a port nobody listens on, as a firewall between worker and API would make it: the worker's connect
+        # fails and the answer takes the broker's reply queue, which the caller reads at the same time.
+        caller.listener.address = f"127.0.0.1:{_closed_port()}"
+        for i in range(3):
+            started = time.monotonic()
+            reply = router.call("cpu", "runtime.predict", [spec, ROW], 10.0, f"fallback-{i}")
+            assert reply["task_id"].startswith(f"fallback-{i}.") and reply["result"]["predictions"] == [0], reply
+            assert time.monotonic() - started < 2.0
+    finally:
+        router.stop()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
