@@ -58,6 +58,9 @@ class _Caller:
             password=params.credentials.password, virtual_host=params.virtual_host,
             ssl=params.ssl_options is not None, heartbeat=0, connect_timeout=3, write_timeout=10,
         )
+        # Without the broker's blocked notifications py-amqp skips a non-blocking read before every publish (it
+        # cost as much as the publish itself); a blocked broker still shows, as a write timeout (503) or a 504.
+        self.conn.negotiate_capabilities = {**amqp.Connection.negotiate_capabilities, "connection.blocked": False}
         self.listener: ReplyListener | None = None
         try:
             self.conn.connect()

@@ -14,10 +14,12 @@ BentoML and MLflow run from their own virtual environments under --venvs (made o
 <venvs>/<name>-install.log, reused while they import); a server that cannot be installed or started is
 reported as skipped and the others go on.
 
-Per server: --warmup then --n sequential single-row requests on one persistent session (p50/p90/p99),
-then throughput with 1, 4 and 16 client threads (one session each) for --seconds each. ModelDeck also:
-100-row requests (p50 against its single-row p50) and the cold first predict of a fresh ~10 MB model
-right after its upload. The clients run on the same machine as the servers, so they share its CPUs.
+All three are started first and stay up together. Latency: each gets --warmup requests, then --n sequential
+single-row requests on one persistent session (p50/p90/p99), and ModelDeck --n-batch 100-row requests too,
+sent in --rounds alternating blocks (the order rotated each round, each block opened by --block-warmup
+unmeasured requests), so that a machine whose speed drifts during the run slows every server alike. Throughput: then one server at a time, 1, 4 and 16 client threads
+(one session each) for --seconds each. Last, ModelDeck's cold first predict of a fresh ~10 MB model right
+after its upload. The clients run on the same machine as the servers, so they share its CPUs.
 Loopback only; bounded by the request counts and durations above.
 """
 
@@ -146,6 +148,17 @@ class Target:
         return session.post(self.url, json=self.body(rows), timeout=timeout)
 
 
+@dataclass
+class Server:
+    """A started server: its result, how to call it (None if it could not start), how to stop it, and what to
+    measure on it after the side-by-side runs."""
+
+    result: Result
+    target: Target | None = None
+    stop: Callable[[], None] = lambda: None
+    after: Callable[[], None] = lambda: None
+
+
 def free_port() -> int:
     """Return a port nobody listens on at the moment."""
     with socket.socket() as s:
@@ -156,22 +169,6 @@ def free_port() -> int:
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
-
-
-def latencies(target: Target, rows: list[list[float]], n: int, warmup: int) -> list[float]:
-    """Send warmup then n requests one after another on one session; return the n latencies in ms."""
-    session = target.session()
-    out = []
-    for i in range(warmup + n):
-        t = time.perf_counter()
-        resp = target.send(session, rows)
-        elapsed = (time.perf_counter() - t) * 1000
-        if resp.status_code != 200:
-            raise RuntimeError(f"{target.url} answered {resp.status_code}: {resp.text[:300]}")
-        if i >= warmup:
-            out.append(elapsed)
-    session.close()
-    return out
 
 
 def throughput(target: Target, rows: list[list[float]], clients: int, seconds: float) -> tuple[float, int]:
@@ -206,12 +203,46 @@ def throughput(target: Target, rows: list[list[float]], clients: int, seconds: f
     return sum(ok) / (time.perf_counter() - began), sum(errors)
 
 
-def measure(result: Result, target: Target, row: list[float], args: argparse.Namespace) -> None:
-    """Fill in latency percentiles and throughput at each concurrency."""
-    lat = latencies(target, [row], args.n, args.warmup)
-    result.p50, result.p90, result.p99 = pct(lat, 0.5), pct(lat, 0.9), pct(lat, 0.99)
-    print(f"  {result.name}: {args.n} sequential single-row requests: p50 {result.p50:.2f} ms, "
-          f"p90 {result.p90:.2f} ms, p99 {result.p99:.2f} ms", flush=True)
+def interleaved(runs: dict[str, tuple[Target, list[list[float]], int]], warmup: int, rounds: int,
+                block_warmup: int) -> dict[str, list[float]]:
+    """Measure sequential latencies of several servers in alternating blocks.
+
+    runs maps a name to (target, rows, n). Each gets its warm-up, then `rounds` rounds in which every run sends
+    block_warmup unmeasured requests and then n / rounds measured ones, one after another, in an order rotated
+    each round. A machine whose speed drifts within the run (a 2-core VM's neighbours, a burst of disk writes)
+    then slows every server alike instead of whichever happened to be measured at that moment; the unmeasured
+    requests keep the switch between servers, which a client of one server never sees, out of the numbers.
+    Raises RuntimeError naming the server on any non-200 answer.
+    """
+    sessions = {name: target.session() for name, (target, _, _) in runs.items()}
+    out: dict[str, list[float]] = {name: [] for name in runs}
+
+    def send(name: str, count: int, keep: bool) -> None:
+        target, rows, _ = runs[name]
+        session = sessions[name]
+        for _ in range(count):
+            t = time.perf_counter()
+            resp = target.send(session, rows)
+            elapsed = (time.perf_counter() - t) * 1000
+            if resp.status_code != 200:
+                raise RuntimeError(f"{name} ({target.url}) answered {resp.status_code}: {resp.text[:300]}")
+            if keep:
+                out[name].append(elapsed)
+
+    names = list(runs)
+    for name in names:
+        send(name, warmup, keep=False)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            send(name, block_warmup, keep=False)
+            send(name, max(1, runs[name][2] // rounds), keep=True)
+    for session in sessions.values():
+        session.close()
+    return out
+
+
+def measure_throughput(result: Result, target: Target, row: list[float], args: argparse.Namespace) -> None:
+    """Fill in throughput at each concurrency."""
     for clients in CONCURRENCY:
         rps, errs = throughput(target, [row], clients, args.seconds)
         result.throughput[clients], result.errors[clients] = rps, errs
@@ -326,15 +357,15 @@ def venv_sklearn(python: Path) -> str:
     return done.stdout.strip()
 
 
-def run_bentoml(args: argparse.Namespace, work: Path, model: LogisticRegression, row: list[float]) -> Result:
-    """Install (or reuse) BentoML, serve the model with `bentoml serve` and measure it."""
+def start_bentoml(args: argparse.Namespace, work: Path, model: LogisticRegression, row: list[float]) -> Server:
+    """Install (or reuse) BentoML and serve the model with `bentoml serve`."""
     result = Result("BentoML")
     python, note, secs = ensure_venv(args.venvs, "bentoml", ["bentoml>=1.4", "joblib"], "bentoml")
     result.extra.update(venv=note, install_s=secs)
     print(f"  BentoML venv: {note}", flush=True)
     if python is None:
         result.skipped = note
-        return result
+        return Server(result)
     folder = work / "bentoml"
     folder.mkdir()
     model_path = folder / "model.joblib"
@@ -359,23 +390,22 @@ def run_bentoml(args: argparse.Namespace, work: Path, model: LogisticRegression,
         if check.status_code != 200:
             raise RuntimeError(f"predict answered {check.status_code}: {check.text[:300]}")
         result.extra["answer"] = check.json()
-        measure(result, target, row, args)
+        return Server(result, target, lambda: terminate(proc))
     except (RuntimeError, requests.RequestException, subprocess.SubprocessError) as exc:
         result.skipped = f"bentoml serve failed: {exc}"
-    finally:
         terminate(proc)
-    return result
+        return Server(result)
 
 
-def run_mlflow(args: argparse.Namespace, work: Path, model_path: Path, row: list[float]) -> Result:
-    """Install (or reuse) MLflow, save the model as an MLflow model, serve it and measure it."""
+def start_mlflow(args: argparse.Namespace, work: Path, model_path: Path, row: list[float]) -> Server:
+    """Install (or reuse) MLflow, save the model as an MLflow model and serve it."""
     result = Result("MLflow")
     python, note, secs = ensure_venv(args.venvs, "mlflow", ["mlflow>=3"], "mlflow")
     result.extra.update(venv=note, install_s=secs)
     print(f"  MLflow venv: {note}", flush=True)
     if python is None:
         result.skipped = note
-        return result
+        return Server(result)
     folder = work / "mlflow"
     folder.mkdir()
     saved = folder / "model"
@@ -397,14 +427,13 @@ def run_mlflow(args: argparse.Namespace, work: Path, model_path: Path, row: list
         if check.status_code != 200:
             raise RuntimeError(f"/invocations answered {check.status_code}: {check.text[:300]}")
         result.extra["answer"] = check.json()
-        measure(result, target, row, args)
+        return Server(result, target, lambda: terminate(proc))
     except subprocess.CalledProcessError as exc:
         result.skipped = f"mlflow.sklearn.save_model failed (status {exc.returncode}): {log_tail(log, 5)}"
     except (RuntimeError, requests.RequestException, subprocess.SubprocessError) as exc:
         result.skipped = f"mlflow models serve failed: {exc}"
-    finally:
-        terminate(proc)
-    return result
+    terminate(proc)
+    return Server(result)
 
 
 # ---------------------------------------------------------------- ModelDeck
@@ -419,8 +448,9 @@ def cold_model(target_bytes: int) -> tuple[bytes, int]:
     return sio.dumps(RandomForestClassifier(n_estimators=trees, random_state=0).fit(X, y)), trees
 
 
-def run_modeldeck(args: argparse.Namespace, work: Path, model: LogisticRegression, X: np.ndarray) -> Result:
-    """Bring up a private stack, upload the model as skops, measure, then the cold start of a ~10 MB model."""
+def start_modeldeck(args: argparse.Namespace, work: Path, model: LogisticRegression, X: np.ndarray) -> Server:
+    """Bring up a private stack and upload the model as skops; Server.after measures the cold start of a ~10 MB
+    model (run once the side-by-side measurements are done)."""
     result = Result("ModelDeck")
     tag = uuid.uuid4().hex[:8]
     home = work / "modeldeck-home"
@@ -442,6 +472,11 @@ def run_modeldeck(args: argparse.Namespace, work: Path, model: LogisticRegressio
     os.environ["MODELDECK_CONSOLE_API_URL"] = api_url(settings)
     if not api_url(settings).startswith("http://127."):
         raise SystemExit("benchmarks only run against a loopback address")
+    def shut() -> None:
+        stopped = down(settings)
+        print(f"  ModelDeck stack down (stopped {', '.join(stopped) or 'nothing'})", flush=True)
+        delete_queues(settings.broker_url, [settings.queue_name("cpu")])
+
     try:
         started = time.monotonic()
         key = up(settings)
@@ -466,13 +501,12 @@ def run_modeldeck(args: argparse.Namespace, work: Path, model: LogisticRegressio
 
         upload("bench-iris", sio.dumps(model))
         target = Target(base + "/models/bench-iris/predict", lambda rows: {"inputs": rows}, auth)
-        measure(result, target, X[0].tolist(), args)
+    except (StackError, RuntimeError, requests.RequestException) as exc:
+        result.skipped = f"ModelDeck failed: {exc}"
+        shut()
+        return Server(result)
 
-        batch = X[:100].tolist()
-        lat100 = latencies(target, batch, args.n_batch, min(args.warmup, 50))
-        result.extra["p50_100_rows_ms"] = pct(lat100, 0.5)
-        print(f"  ModelDeck: {args.n_batch} sequential 100-row requests: p50 {pct(lat100, 0.5):.2f} ms", flush=True)
-
+    def cold() -> None:
         blob, trees = cold_model(COLD_MODEL_BYTES)
         upload_ms = upload("bench-cold", blob)
         t = time.perf_counter()
@@ -488,13 +522,8 @@ def run_modeldeck(args: argparse.Namespace, work: Path, model: LogisticRegressio
         print(f"  ModelDeck: cold {len(blob) / 2**20:.1f} MB RandomForest ({trees} trees): upload {upload_ms:.0f} ms, "
               f"first predict {first_ms:.0f} ms (worker load_ms {result.extra['cold']['worker_load_ms']}, "
               f"pool started from zero: {body.get('cold_start')})", flush=True)
-    except (StackError, RuntimeError, requests.RequestException) as exc:
-        result.skipped = f"ModelDeck failed: {exc}"
-    finally:
-        stopped = down(settings)
-        print(f"  ModelDeck stack down (stopped {', '.join(stopped) or 'nothing'})", flush=True)
-        delete_queues(settings.broker_url, [settings.queue_name("cpu")])
-    return result
+
+    return Server(result, target, shut, cold)
 
 
 def delete_queues(broker_url: str, queues: list[str]) -> None:
@@ -512,6 +541,41 @@ def delete_queues(broker_url: str, queues: list[str]) -> None:
         conn.close()
     except pika.exceptions.AMQPError:
         pass
+
+
+def measure_all(servers: list[Server], row: list[float], batch: list[list[float]], args: argparse.Namespace) -> None:
+    """Latencies of every running server side by side (interleaved), then each one's throughput alone, then
+    ModelDeck's cold start."""
+    live = [s for s in servers if s.target is not None and not s.result.skipped]
+    runs: dict[str, tuple[Target, list[list[float]], int]] = {}
+    for server in live:
+        assert server.target is not None
+        runs[server.result.name] = (server.target, [row], args.n)
+    md = next((s for s in live if s.result.name == "ModelDeck"), None)
+    if md is not None and md.target is not None:
+        runs["ModelDeck 100-row"] = (md.target, batch, args.n_batch)
+    print(f"Latency, interleaved: {', '.join(runs)} in {args.rounds} rounds (warm-up {args.warmup} each, "
+          f"{args.block_warmup} more unmeasured at the start of each block)", flush=True)
+    lat = interleaved(runs, args.warmup, args.rounds, args.block_warmup)
+    for server in live:
+        values = lat[server.result.name]
+        r = server.result
+        r.p50, r.p90, r.p99 = pct(values, 0.5), pct(values, 0.9), pct(values, 0.99)
+        print(f"  {r.name}: {len(values)} sequential single-row requests: p50 {r.p50:.2f} ms, "
+              f"p90 {r.p90:.2f} ms, p99 {r.p99:.2f} ms", flush=True)
+    if md is not None:
+        md.result.extra["p50_100_rows_ms"] = pct(lat["ModelDeck 100-row"], 0.5)
+        print(f"  ModelDeck: {len(lat['ModelDeck 100-row'])} sequential 100-row requests: "
+              f"p50 {md.result.extra['p50_100_rows_ms']:.2f} ms", flush=True)
+    print("Throughput, one server at a time:", flush=True)
+    for server in live:
+        assert server.target is not None
+        measure_throughput(server.result, server.target, row, args)
+    if md is not None:
+        try:
+            md.after()
+        except (RuntimeError, requests.RequestException) as exc:
+            print(f"  ModelDeck cold start failed: {exc}", flush=True)
 
 
 # ---------------------------------------------------------------- report
@@ -585,6 +649,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of each throughput run")
     parser.add_argument("--n-batch", type=int, default=300, help="measured 100-row requests (ModelDeck)")
+    parser.add_argument("--rounds", type=int, default=10, help="blocks each server's latency requests are split into")
+    parser.add_argument("--block-warmup", type=int, default=10, help="unmeasured requests at the start of each block")
     parser.add_argument("--skip-bentoml", action="store_true")
     parser.add_argument("--skip-mlflow", action="store_true")
     parser.add_argument("--venvs", type=Path, default=ROOT / ".bench-venvs", help="where the BentoML/MLflow venvs go")
@@ -602,15 +668,23 @@ def main() -> None:
         work = Path(tmp)
         model_path = work / "model.joblib"
         joblib.dump(model, model_path)
-        print("ModelDeck:", flush=True)
-        md = announce(run_modeldeck(args, work, model, X))
-        print("BentoML:", flush=True)
-        bento = announce(Result("BentoML", skipped="--skip-bentoml") if args.skip_bentoml
-                         else run_bentoml(args, work, model, row))
-        print("MLflow:", flush=True)
-        mlflow = announce(Result("MLflow", skipped="--skip-mlflow") if args.skip_mlflow
-                          else run_mlflow(args, work, model_path, row))
-        results = [md, bento, mlflow]
+        servers: list[Server] = []
+        try:
+            print("ModelDeck:", flush=True)
+            servers.append(start_modeldeck(args, work, model, X))
+            print("BentoML:", flush=True)
+            servers.append(Server(Result("BentoML", skipped="--skip-bentoml")) if args.skip_bentoml
+                           else start_bentoml(args, work, model, row))
+            print("MLflow:", flush=True)
+            servers.append(Server(Result("MLflow", skipped="--skip-mlflow")) if args.skip_mlflow
+                           else start_mlflow(args, work, model_path, row))
+            for server in servers:
+                announce(server.result)
+            measure_all(servers, row, X[:100].tolist(), args)
+        finally:
+            for server in servers:
+                server.stop()
+        md, bento, mlflow = results = [server.result for server in servers]
     load_after = os.getloadavg()
     checks = ratios(md, bento, mlflow)
     print()
