@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import threading
 import time
 from typing import Any
 
@@ -36,12 +37,20 @@ def test_answers_reach_the_listener_whole_and_in_order_and_a_closed_listener_sen
     listener = ReplyListener("127.0.0.1")
     sender = DirectSender()
     big = orjson.dumps({"status": "SUCCESS", "result": {"predictions": list(range(400_000))}})  # ~3 MB: many reads
+    sent: list[bool] = []
+
+    def send_three() -> None:  # a worker's thread; the listener is read on this test's thread, as by an API thread
+        sent.append(sender.send(listener.address, listener.key, "req-1.aa", b'{"status":"SUCCESS","result":1}'))
+        sent.append(sender.send(listener.address, listener.key, "req-2.bb", big))
+        sent.append(sender.send(listener.address, listener.key, "req-3.cc", b"{}"))
+
+    worker = threading.Thread(target=send_three)
+    worker.start()
     try:
-        assert sender.send(listener.address, listener.key, "req-1.aa", b'{"status":"SUCCESS","result":1}')
-        assert sender.send(listener.address, listener.key, "req-2.bb", big)
-        assert sender.send(listener.address, listener.key, "req-3.cc", b"{}")
         assert _collect(listener, 3) == [("req-1.aa", b'{"status":"SUCCESS","result":1}'), ("req-2.bb", big),
                                          ("req-3.cc", b"{}")]
+        worker.join(5)
+        assert sent == [True, True, True]
     finally:
         listener.close()
     # The listener is gone: the sender notices the closed connection and hands the answer back for the broker.
@@ -59,10 +68,15 @@ def test_a_connection_without_the_callers_key_is_closed_and_its_answers_are_igno
         assert _collect(listener, 1, timeout_s=1.0) == []
         assert intruder.recv(1) == b""  # closed by the listener
         intruder.close()
-        # A sender with the wrong key gets its first answer refused the same way (it is dropped, never delivered).
+        # A sender with the wrong key (another listener at that address, say) is not acknowledged: it knows the
+        # answer was not taken and hands it back for the broker; the listener delivers nothing.
         sender = DirectSender()
-        sender.send(listener.address, "f" * 32, "req-2.bb", b"{}")
-        assert _collect(listener, 1, timeout_s=1.0) == []
+        outcome: list[bool] = []
+        thread = threading.Thread(target=lambda: outcome.append(sender.send(listener.address, "f" * 32, "req-2.bb", b"{}")))
+        thread.start()
+        assert _collect(listener, 1, timeout_s=1.5) == []
+        thread.join(5)
+        assert outcome == [False]
         sender.close()
     finally:
         listener.close()

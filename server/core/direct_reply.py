@@ -8,7 +8,8 @@ docs/performance.md: an echo through RabbitMQ and back 674-733 us, the same with
 connection 377-405 us. Each hop through the broker wakes two processes.
 
 Wire format: the worker's first bytes on a connection are ``MAGIC`` and the caller's key (32 ASCII hex
-digits); each answer then is a 4-byte big-endian length and that many bytes: the correlation id, a newline
+digits), which the listener acknowledges with one byte (``ACK``) before the worker sends anything else, or
+closes the connection; each answer then is a 4-byte big-endian length and that many bytes: the correlation id, a newline
 and the JSON body. An API thread reads these only while one of its calls waits; a late answer to a call that
 timed out is read at the thread's next call and dropped by its correlation id, as on the broker path.
 
@@ -34,6 +35,7 @@ from server.core.settings import SettingsError
 logger = logging.getLogger(__name__)
 
 MAGIC = b"MDR1"
+ACK = b"\x01"  # the listener's answer to a hello with its key
 HEADER_ADDRESS = "reply_direct"  # task message header: "host:port" of the caller's listener
 HEADER_KEY = "reply_key"  # task message header: the listener's key
 MAX_FRAME = 256 * 1024 * 1024  # larger than any reply the broker would take (RabbitMQ's default limit is 128 MiB)
@@ -143,6 +145,11 @@ class ReplyListener:
                 return
             conn.trusted = True
             del buf[:len(MAGIC) + _KEY_LEN]
+            try:
+                conn.sock.send(ACK)
+            except OSError:
+                self._drop(fd)
+                return
         while len(buf) >= _LENGTH.size:
             (size,) = _LENGTH.unpack_from(buf)
             if size > MAX_FRAME:
@@ -232,6 +239,12 @@ class DirectSender:
             sock = socket.create_connection((host, port), timeout=self.SEND_TIMEOUT_S)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.sendall(MAGIC + key.encode("ascii"))
+            # Wait for the listener to accept the key: an answer written to some other listener at that address
+            # (another host's, where the address means something else; a later thread's on a reused port) would
+            # be dropped there while this side believed it delivered.
+            if sock.recv(1) != ACK:
+                sock.close()
+                raise ConnectionRefusedError("the listener there does not hold this caller's key")
         except (OSError, UnicodeError) as exc:
             # Refused: that listener is gone (its thread's connection was closed). Anything else (no route, a
             # timeout): the host cannot be reached from here, and waiting on it again for each thread would
