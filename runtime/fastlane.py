@@ -45,8 +45,8 @@ import pika
 from celery.worker.strategy import default as default_strategy
 
 from runtime.predict import run_prediction
-from server.core.direct_reply import HEADER_ADDRESS, HEADER_KEY, DirectSender
 from runtime.state import WorkerState, get_state
+from server.core.direct_reply import HEADER_ADDRESS, HEADER_KEY, DirectSender
 
 logger = logging.getLogger(__name__)
 

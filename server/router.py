@@ -243,9 +243,8 @@ class Router:
             handler(event)
 
     # -- request side ----------------------------------------------------------------------
-    def _message(
-        self, task: str, args: list[Any], task_id: str, reply_to: str | None, expires_s: float | None
-    ) -> tuple[bytes, pika.BasicProperties]:
+    def _message(self, task: str, args: list[Any], task_id: str, sync: bool, expires_s: float | None) -> tuple[bytes, dict[str, Any]]:
+        """Return a Celery protocol-2 task message's JSON body and headers."""
         expires = None
         if expires_s is not None:
             expires = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=expires_s)).isoformat()
@@ -253,18 +252,9 @@ class Router:
             "lang": "py", "task": task, "id": task_id, "shadow": None, "eta": None, "expires": expires,
             "group": None, "group_index": None, "retries": 0, "timelimit": [None, None], "root_id": task_id,
             "parent_id": None, "argsrepr": "", "kwargsrepr": "", "origin": "modeldeck-api",
-            "ignore_result": reply_to is None,
+            "ignore_result": not sync,
         }
-        props = pika.BasicProperties(
-            content_type="application/json",
-            content_encoding="utf-8",
-            correlation_id=task_id,
-            reply_to=reply_to,
-            delivery_mode=1 if reply_to else 2,
-            priority=0,
-            headers=headers,
-        )
-        return orjson.dumps([args, {}, _EMBED]), props
+        return orjson.dumps([args, {}, _EMBED]), headers
 
     def _schedule(self, fn: Callable[[], None]) -> None:
         conn = self._conn
@@ -306,14 +296,12 @@ class Router:
             raise UnavailableError(BROKER_DOWN)
         caller = self._caller()
         task_id = request_id + "." + uuid.uuid4().hex[:8]
-        body, props = self._message(task, args, task_id, reply_to=caller.reply_queue, expires_s=timeout_s)
-        headers = props.headers
+        body, headers = self._message(task, args, task_id, sync=True, expires_s=timeout_s)
         if caller.listener is not None:
             headers[HEADER_ADDRESS] = caller.listener.address
             headers[HEADER_KEY] = caller.listener.key
-        message = amqp.Message(body, content_type=props.content_type, content_encoding=props.content_encoding,
-                               correlation_id=task_id, reply_to=caller.reply_queue, delivery_mode=1, priority=0,
-                               application_headers=headers)
+        message = amqp.Message(body, content_type="application/json", content_encoding="utf-8", correlation_id=task_id,
+                               reply_to=caller.reply_queue, delivery_mode=1, priority=0, application_headers=headers)
         queue = self._prefix + pool
         try:
             if queue not in caller.declared:
@@ -350,7 +338,9 @@ class Router:
         """Publish a durable task with publisher confirms and return once the broker has it."""
         done = threading.Event()
         failure: list[Exception] = []
-        body, props = self._message(task, args, task_id, reply_to=None, expires_s=None)
+        body, headers = self._message(task, args, task_id, sync=False, expires_s=None)
+        props = pika.BasicProperties(content_type="application/json", content_encoding="utf-8", correlation_id=task_id,
+                                     delivery_mode=2, priority=0, headers=headers)
         queue = self._prefix + pool
 
         def publish() -> None:

@@ -16,10 +16,9 @@ import orjson
 import pytest
 
 from conftest import Client, Proc, Stack, unique
-from server.core.direct_reply import MAGIC, DirectSender, ReplyListener
+from server.core.direct_reply import MAGIC, DirectSender, ReplyListener, resolve_host
 from server.core.errors import GatewayTimeoutError
 from server.core.settings import SettingsError
-from server.core.direct_reply import resolve_host
 from server.predictions import task_spec
 from server.router import Router
 
