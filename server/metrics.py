@@ -67,6 +67,18 @@ def percentile(hist: dict[int, float], q: float) -> float | None:
     return BOUNDS_MS[-1]
 
 
+@dataclass(frozen=True)
+class _Series:
+    """One version's Prometheus children for successful predictions, looked up once per process
+    (each labels() call converts and checks the values and takes the metric's lock)."""
+
+    requests: Any
+    latency: Any
+    model_time: Any
+    rows: Any
+    cold: Any
+
+
 @dataclass
 class _Pending:
     counts: dict[tuple[str, int, str, int], dict[str, float]] = field(default_factory=dict)
@@ -86,6 +98,7 @@ class MetricsRecorder:
         # Versions this process served, with their monitoring policy and when it last served them: the alert
         # check looks at every one served within its window, since other processes' counts arrive later.
         self.seen: dict[tuple[str, int], tuple[dict[str, Any], float]] = {}
+        self._series: dict[tuple[str, int, str], _Series] = {}
         self._thread = threading.Thread(target=self._loop, name="modeldeck-metrics", daemon=True)
 
     def start(self) -> None:
@@ -109,17 +122,27 @@ class MetricsRecorder:
             "route_ms": timings["route_ms"], "model_ms": timings["model_ms"], "load_ms": timings["load_ms"],
             "code_200_ok": 1, f"h{histogram_index(total_ms)}": 1,
         }, doc.get("monitoring"))
-        labels = (name, str(version), pool)
-        REQUESTS.labels(*labels, "success").inc()
-        LATENCY.labels(*labels, "success").observe(total_ms / 1000)
-        MODEL_TIME.labels(*labels).observe(timings["model_ms"] / 1000)
-        ROWS.labels(*labels).inc(len(rows))
+        series = self._success_series(name, version, pool)
+        series.requests.inc()
+        series.latency.observe(total_ms / 1000)
+        series.model_time.observe(timings["model_ms"] / 1000)
+        series.rows.inc(len(rows))
         if cold:
-            COLD.labels(*labels).inc()
+            series.cold.inc()
         policy = doc.get("monitoring") or {}
         rate = policy.get("log_sample_rate") or 0.0
         if rate and random.random() < rate:
             self._log(name, version, rows, outcome["predictions"] if policy.get("log_outputs") else None)
+
+    def _success_series(self, name: str, version: int, pool: str) -> _Series:
+        key = (name, version, pool)
+        series = self._series.get(key)
+        if series is None:
+            labels = (name, str(version), pool)
+            series = _Series(REQUESTS.labels(*labels, "success"), LATENCY.labels(*labels, "success"),
+                             MODEL_TIME.labels(*labels), ROWS.labels(*labels), COLD.labels(*labels))
+            self._series[key] = series  # a race only looks the same children up twice
+        return series
 
     def record_error(self, name: str, doc: Any, exc: ModelDeckError | None, total_ms: float) -> None:
         """Count one failed prediction under its status and error code."""
