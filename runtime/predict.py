@@ -28,6 +28,7 @@ def run_prediction(state: WorkerState, spec: dict[str, Any], rows: list[list[Any
     except ModelDeckError as exc:
         return {"ok": False, "error": {"code": exc.code, "message": f"{label} could not be loaded: {exc.message}"}}
     loaded = time.perf_counter()
+    cpu_before = time.process_time()
     try:
         predictions = model.run(rows)
     except ModelRunError as exc:
@@ -35,10 +36,14 @@ def run_prediction(state: WorkerState, spec: dict[str, Any], rows: list[list[Any
     except Exception as exc:  # the model's own code raised: report it, keep the worker alive
         return {"ok": False, "error": {"code": "model_failed", "message": f"{label} raised {type(exc).__name__}: {str(exc)[:300]}"}}
     done = time.perf_counter()
+    cpu_ms = (time.process_time() - cpu_before) * 1000
     return {
         "ok": True,
         "predictions": predictions,
         "cold": cold,
         "load_ms": round((loaded - started) * 1000, 3),
         "model_ms": round((done - loaded) * 1000, 3),
+        # CPU time of the whole worker process meanwhile (all its threads): tells a model's own work from a pause
+        # of the process (runtime/fastlane.py's inline gate)
+        "process_cpu_ms": round(cpu_ms, 3),
     }

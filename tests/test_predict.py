@@ -246,7 +246,11 @@ def test_inline_gate_admits_only_code_free_formats_within_proven_rows_and_bans_a
     for _ in range(_InlineGate.RUNS):
         gate.observe(spec, rows, warm, inline=False)
     assert gate.allows([spec, rows])
-    gate.observe(spec, rows, {**warm, "model_ms": 9.0}, inline=True)  # a pause on the consumer thread: proven again
+    # The process was not scheduled (wall time over the bound, hardly any CPU): not the model's doing, still proven.
+    gate.observe(spec, rows, {**warm, "model_ms": 9.0, "process_cpu_ms": 0.4}, inline=True)
+    assert gate.allows([spec, rows])
+    # The model's own work (its threads count: the whole process's CPU time) over the bound: proven again.
+    gate.observe(spec, rows, {**warm, "model_ms": 9.0, "process_cpu_ms": 8.7}, inline=True)
     assert not gate.allows([spec, rows])
     for _ in range(_InlineGate.RUNS):
         gate.observe(spec, rows, warm, inline=False)
