@@ -9,7 +9,7 @@ from typing import Any
 
 import pymongo
 
-from conftest import Client, Stack, unique
+from conftest import Client, Proc, Stack, start_api, unique
 from server.core import audit_repo
 
 
@@ -51,6 +51,28 @@ def test_key_creation_is_audited_without_the_secret(stack: Stack, admin: Client)
     assert entries(admin, action="apikey.revoke", target=created["id"])
     everything = str(list(stack.db.audit.find()))
     assert created["key"] not in everything and created["key"][4:20] not in everything
+
+
+def test_predictions_are_sampled_into_the_trail_without_their_payload(stack: Stack, worker: Proc, admin: Client,
+                                                                      admin_key: str, iris_skops: bytes) -> None:
+    name = unique("sampled")
+    assert admin.upload(name, iris_skops).status_code == 201
+    row = [5.123, 3.456, 1.789, 0.234]
+    # The session's API samples nothing (MODELDECK_AUDIT_PREDICTION_SAMPLE_RATE defaults to 0).
+    assert admin.post(f"/api/v1/models/{name}/predict", json={"inputs": [row]}).status_code == 200
+    assert entries(admin, action="model.predict", target=f"{name}:1") == []
+    proc, url = start_api(stack, MODELDECK_AUDIT_PREDICTION_SAMPLE_RATE="1")
+    try:
+        sampling = Client(url, admin_key)
+        assert sampling.post(f"/api/v1/models/{name}/predict", json={"inputs": [row, row]}).status_code == 200
+        infer = {"inputs": [{"name": "input", "shape": [3, 4], "datatype": "FP64", "data": row * 3}]}
+        assert sampling.post(f"/v2/models/{name}/infer", json=infer).status_code == 200
+    finally:
+        proc.stop()
+    sampled = entries(admin, action="model.predict", target=f"{name}:1")
+    assert sorted(e["details"]["rows"] for e in sampled) == [2, 3]
+    assert all(e["details"]["sample_rate"] == 1.0 and e["outcome"] == "success" for e in sampled)
+    assert "5.123" not in str(list(stack.db.audit.find({"target": f"{name}:1"})))
 
 
 def test_denied_requests_are_recorded(admin: Client, make_client, api_url: str) -> None:  # type: ignore[no-untyped-def]

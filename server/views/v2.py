@@ -9,7 +9,7 @@ import orjson
 from flask import Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
-from server import predictions
+from server import audit, predictions
 from server.api import Api, json_response, request_id
 from server.core import models_repo
 from server.core.errors import InvalidInputError, ModelDeckError, PayloadTooLargeError
@@ -123,6 +123,7 @@ def _infer(name: str, version: str | None) -> Response:
     rows = tensors_to_rows(decode_inputs(body, binary), doc.get("input_schema"))
     as_binary = _binary_output(body)
     result = predictions.predict(ctx, g.principal, name, rows, doc["version"], request_id())
+    audit.maybe_record_prediction(name, result.version, len(result.predictions))
     tensor, data = encode_output(result.predictions, as_binary)
     answer = {"model_name": name, "model_version": str(result.version), "id": body.get("id") or result.request_id,
               "outputs": [tensor]}
