@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 
 from flask import Flask, Response, g, request
@@ -11,7 +12,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from server import audit
-from server.api import Api, json_response, request_id
+from server.api import Api, json_response, request_id, run_after_response
 from server.auth import Authenticator
 from server.keycloak import TokenVerifier
 from server.alerts import Housekeeper
@@ -116,6 +117,10 @@ def _register_handlers(app: Flask) -> None:
             resp.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, X-Request-ID"
             resp.headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, DELETE"
             resp.headers["Vary"] = "Origin"
+        pending = g.pop("after_response", None)
+        if pending:
+            # Runs when the WSGI server closes the response, after its last byte went out.
+            resp.call_on_close(partial(run_after_response, pending))
         return resp
 
     @app.errorhandler(ModelDeckError)

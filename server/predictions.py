@@ -8,6 +8,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from server.api import after_response
 from server.auth import Principal
 from server.context import Context
 from server.core import jobs_repo, models_repo, pools_repo
@@ -105,7 +106,7 @@ def predict(ctx: Context, principal: Principal, name: str, inputs: Any, ref: int
         "load_ms": outcome["load_ms"],
     }
     if ctx.metrics is not None:
-        ctx.metrics.record_success(doc, rows, outcome, timings)
+        after_response(ctx.metrics.record_success, doc, rows, outcome, timings)  # counted once the answer is out
     return PredictResult(outcome["predictions"], name, doc["version"], request_id, timings, cold_pool)
 
 
