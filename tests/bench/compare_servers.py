@@ -12,6 +12,8 @@ A LogisticRegression(max_iter=500) on iris is served three ways, each on a free 
 - MLflow (>= 3): `mlflow models serve --env-manager local --workers 1` of an `mlflow.sklearn.save_model` dir,
   called with its tensor input (`{"inputs": rows}`, its fastest); its DataFrame input (`dataframe_split`) is
   measured too, latency only, for reference (the targets compare with the faster).
+ModelDeck's `GET /healthz` (no authentication, no work) is measured beside its predictions, latency only: the
+floor that its HTTP server, Flask and this client put under any endpoint.
 BentoML and MLflow run from their own virtual environments under --venvs (made on first use, pip output to
 <venvs>/<name>-install.log, reused while they import); a server that cannot be installed or started is
 reported as skipped and the others go on.
@@ -19,7 +21,9 @@ reported as skipped and the others go on.
 All three are started first and stay up together. Latency: each gets --warmup requests, then --n sequential
 single-row requests on one persistent session (p50/p90/p99), and ModelDeck --n-batch 100-row requests too,
 sent in --rounds alternating blocks (the order rotated each round, each block opened by --block-warmup
-unmeasured requests), so that a machine whose speed drifts during the run slows every server alike. Throughput: then one server at a time, 1, 4 and 16 client threads
+unmeasured requests), so that a machine whose speed drifts during the run slows every server alike. The CPU time
+each server's processes (ModelDeck: API, worker, RabbitMQ, repository) and the client spend per measured request
+is read around every measured block and printed. Throughput: then one server at a time, 1, 4 and 16 client threads
 (one session each) for --seconds each. Last, ModelDeck's cold first predict of a fresh ~10 MB model right
 after its upload. The clients run on the same machine as the servers, so they share its CPUs.
 Loopback only; bounded by the request counts and durations above.
@@ -46,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import joblib
+import psutil
 import numpy as np
 import requests
 import sklearn
@@ -65,6 +70,7 @@ COLD_MODEL_BYTES = 10 * 1024 * 1024
 # cold first predict of a 10 MB model < 1 s.
 MLFLOW_FACTOR = 0.6
 MLFLOW_FRAME = "MLflow dataframe_split"
+MODELDECK_FLOOR = "ModelDeck GET /healthz"
 P99_OVER_P50_MAX = 2.0
 COLD_MAX_MS = 1000.0
 
@@ -139,7 +145,7 @@ class Target:
     """How to send one predict request to a server and tell whether it succeeded."""
 
     url: str
-    body: Callable[[list[list[float]]], dict[str, Any]]
+    body: Callable[[list[list[float]]], dict[str, Any]] | None  # None: a GET
     headers: dict[str, str] = field(default_factory=dict)
 
     def session(self) -> requests.Session:
@@ -148,6 +154,8 @@ class Target:
         return s
 
     def send(self, session: requests.Session, rows: list[list[float]], timeout: float = 30) -> requests.Response:
+        if self.body is None:
+            return session.get(self.url, timeout=timeout)
         return session.post(self.url, json=self.body(rows), timeout=timeout)
 
 
@@ -161,6 +169,28 @@ class Server:
     stop: Callable[[], None] = lambda: None
     after: Callable[[], None] = lambda: None
     variants: dict[str, Target] = field(default_factory=dict)  # other ways to call it, latency only (name -> target)
+    processes: Callable[[], dict[str, list[psutil.Process]]] = dict  # what serves it, by part (for its CPU time)
+
+
+def tree(proc: subprocess.Popen[bytes] | psutil.Process) -> list[psutil.Process]:
+    """A process and its descendants (a server's workers), as far as they can be read."""
+    try:
+        root = proc if isinstance(proc, psutil.Process) else psutil.Process(proc.pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def cpu_seconds(procs: list[psutil.Process]) -> float:
+    """User and system CPU time of these processes, their own only (threads included, children not)."""
+    total = 0.0
+    for proc in procs:
+        try:
+            t = proc.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
 
 
 def free_port() -> int:
@@ -208,7 +238,8 @@ def throughput(target: Target, rows: list[list[float]], clients: int, seconds: f
 
 
 def interleaved(runs: dict[str, tuple[Target, list[list[float]], int]], warmup: int, rounds: int,
-                block_warmup: int) -> dict[str, list[float]]:
+                block_warmup: int, processes: dict[str, dict[str, list[psutil.Process]]] | None = None,
+                cpu: dict[str, dict[str, float]] | None = None) -> dict[str, list[float]]:
     """Measure sequential latencies of several servers in alternating blocks.
 
     runs maps a name to (target, rows, n). Each gets its warm-up, then `rounds` rounds in which every run sends
@@ -216,6 +247,8 @@ def interleaved(runs: dict[str, tuple[Target, list[list[float]], int]], warmup: 
     each round. A machine whose speed drifts within the run (a 2-core VM's neighbours, a burst of disk writes)
     then slows every server alike instead of whichever happened to be measured at that moment; the unmeasured
     requests keep the switch between servers, which a client of one server never sees, out of the numbers.
+    Where processes maps a run's name to its server's processes by part, cpu[name] receives the CPU milliseconds
+    per measured request of each part during that run's measured requests, and of this client ("client").
     Raises RuntimeError naming the server on any non-200 answer.
     """
     sessions = {name: target.session() for name, (target, _, _) in runs.items()}
@@ -233,15 +266,29 @@ def interleaved(runs: dict[str, tuple[Target, list[list[float]], int]], warmup: 
             if keep:
                 out[name].append(elapsed)
 
+    processes = processes or {}
+    spent: dict[str, dict[str, float]] = {name: {} for name in runs}
+
+    def snapshot(name: str) -> dict[str, float]:
+        parts = {part: cpu_seconds(procs) for part, procs in processes.get(name, {}).items()}
+        parts["client"] = time.process_time()
+        return parts
+
     names = list(runs)
     for name in names:
         send(name, warmup, keep=False)
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
             send(name, block_warmup, keep=False)
+            before = snapshot(name)
             send(name, max(1, runs[name][2] // rounds), keep=True)
+            for part, value in snapshot(name).items():
+                spent[name][part] = spent[name].get(part, 0.0) + value - before[part]
     for session in sessions.values():
         session.close()
+    if cpu is not None:
+        for name in names:
+            cpu[name] = {part: seconds * 1000 / len(out[name]) for part, seconds in spent[name].items()}
     return out
 
 
@@ -394,7 +441,7 @@ def start_bentoml(args: argparse.Namespace, work: Path, model: LogisticRegressio
         if check.status_code != 200:
             raise RuntimeError(f"predict answered {check.status_code}: {check.text[:300]}")
         result.extra["answer"] = check.json()
-        return Server(result, target, lambda: terminate(proc))
+        return Server(result, target, lambda: terminate(proc), processes=lambda: {"server": tree(proc)})
     except (RuntimeError, requests.RequestException, subprocess.SubprocessError) as exc:
         result.skipped = f"bentoml serve failed: {exc}"
         terminate(proc)
@@ -440,7 +487,8 @@ def start_mlflow(args: argparse.Namespace, work: Path, model_path: Path, row: li
             variants[MLFLOW_FRAME] = frame
         else:
             print(f"  MLflow dataframe_split input answered {check.status_code}: {check.text[:200]}; not measured", flush=True)
-        return Server(result, target, lambda: terminate(proc), variants=variants)
+        return Server(result, target, lambda: terminate(proc), variants=variants,
+                      processes=lambda: {"server": tree(proc)})
     except subprocess.CalledProcessError as exc:
         result.skipped = f"mlflow.sklearn.save_model failed (status {exc.returncode}): {log_tail(log, 5)}"
     except (RuntimeError, requests.RequestException, subprocess.SubprocessError) as exc:
@@ -476,7 +524,7 @@ def start_modeldeck(args: argparse.Namespace, work: Path, model: LogisticRegress
     })
     for var in ("MODELDECK_MONGO_URL", "MODELDECK_SECRET_KEY", "MODELDECK_CONSOLE_KEYCLOAK_REALM_URL"):
         os.environ.pop(var, None)  # the embedded repository in the temp home, its own generated key
-    from installer.processes import Layout, stop
+    from installer.processes import Layout, running, stop
     from installer.services import StackError
     from installer.stack import api_url, down, up
     from server.core.settings import load_settings
@@ -536,7 +584,18 @@ def start_modeldeck(args: argparse.Namespace, work: Path, model: LogisticRegress
               f"first predict {first_ms:.0f} ms (worker load_ms {result.extra['cold']['worker_load_ms']}, "
               f"pool started from zero: {body.get('cold_start')})", flush=True)
 
-    return Server(result, target, shut, cold)
+    layout = Layout(settings.home.resolve())
+
+    def processes() -> dict[str, list[psutil.Process]]:
+        parts = {"API": "api", "worker": "worker-cpu", "repository": "repository"}
+        found = {part: tree(proc) for part, name in parts.items() if (proc := running(layout, name)) is not None}
+        # The broker is the machine's RabbitMQ (or one `up` started): no other server here uses it.
+        found["RabbitMQ"] = [p for p in psutil.process_iter(["name"]) if p.info["name"] == "beam.smp"]
+        return found
+
+    # The same HTTP server, Flask app and client with no work behind: what any endpoint of this API costs.
+    floor = {MODELDECK_FLOOR: Target(api_url(settings) + "/healthz", None)}
+    return Server(result, target, shut, cold, variants=floor, processes=processes)
 
 
 def delete_queues(broker_url: str, queues: list[str]) -> None:
@@ -571,7 +630,9 @@ def measure_all(servers: list[Server], row: list[float], batch: list[list[float]
         runs["ModelDeck 100-row"] = (md.target, batch, args.n_batch)
     print(f"Latency, interleaved: {', '.join(runs)} in {args.rounds} rounds (warm-up {args.warmup} each, "
           f"{args.block_warmup} more unmeasured at the start of each block)", flush=True)
-    lat = interleaved(runs, args.warmup, args.rounds, args.block_warmup)
+    processes = {server.result.name: server.processes() for server in live}
+    cpu: dict[str, dict[str, float]] = {}
+    lat = interleaved(runs, args.warmup, args.rounds, args.block_warmup, processes, cpu)
     for server in live:
         values = lat[server.result.name]
         r = server.result
@@ -587,6 +648,14 @@ def measure_all(servers: list[Server], row: list[float], batch: list[list[float]
         md.result.extra["p50_100_rows_ms"] = pct(lat["ModelDeck 100-row"], 0.5)
         print(f"  ModelDeck: {len(lat['ModelDeck 100-row'])} sequential 100-row requests: "
               f"p50 {md.result.extra['p50_100_rows_ms']:.2f} ms", flush=True)
+    print("  CPU per measured single-row request, ms (each process's user + system time; the client's own):")
+    for server in live:
+        parts = cpu[server.result.name]
+        server.result.extra["cpu_ms"] = parts
+        serving = {k: v for k, v in parts.items() if k != "client"}
+        print(f"    {server.result.name}: client {parts['client']:.2f}; "
+              + ", ".join(f"{k} {v:.2f}" for k, v in serving.items())
+              + (f"; serving in all {sum(serving.values()):.2f}" if len(serving) > 1 else ""), flush=True)
     print("Throughput, one server at a time:", flush=True)
     for server in live:
         assert server.target is not None
@@ -620,6 +689,9 @@ def ratios(md: Result, bento: Result, mlflow: Result) -> list[tuple[str, float |
     frame = m.extra.get(MLFLOW_FRAME) if m else None
     v = md.p50 / (MLFLOW_FACTOR * frame["p50"]) if usable and frame else None
     out.append((f"p50 / ({MLFLOW_FACTOR} x MLflow dataframe_split p50)", v, "(reference)", None))
+    floor = md.extra.get(MODELDECK_FLOOR)
+    v = floor["p50"] / (MLFLOW_FACTOR * m.p50) if floor and m and m.p50 else None
+    out.append((f"GET /healthz p50 / ({MLFLOW_FACTOR} x MLflow p50)", v, "(reference)", None))
     v = md.p99 / md.p50 if usable and md.p99 and md.p50 else None
     out.append(("p99 / p50", v, f"<= {P99_OVER_P50_MAX:g}", None if v is None else v <= P99_OVER_P50_MAX))
     v = md.extra["p50_100_rows_ms"] / md.p50 if usable and "p50_100_rows_ms" in md.extra else None
