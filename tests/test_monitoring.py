@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import json
 import pickle
+import re
 import sys
 import threading
 import time
@@ -273,6 +274,10 @@ def test_pool_workers_and_queue_depth_are_recorded_over_time(stack: Stack, mon: 
     backlog = [p["queue_depth"] for p in points if published_at <= p["t"] < purged_at - 1]
     assert backlog == [3] * len(backlog)
     assert [p["t"] for p in points] == sorted(p["t"] for p in points)
+    # Sampling every second opened and closed a channel each time: the API's log must not fill with pika's notes.
+    log = "".join(path.read_text() for path in stack.tmp.glob("api-mon-*.log"))
+    assert re.search(r" INFO \d+ server\.", log)  # the API's own notes are there
+    assert re.findall(r".* INFO \d+ pika\..*", log)[:3] == []
     live = [w for w in mon.get("/api/v1/runtimes").json()["pools"] if w["name"] == "cpu"][0]["live_workers"]
     assert series["cpu"][-1]["workers"] == live >= 1
 
