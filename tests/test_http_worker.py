@@ -1,7 +1,8 @@
-"""The API's gunicorn worker class (server/http_worker.py) on a real server: kept-alive connections."""
+"""The API's gunicorn worker class (server/http_worker.py) on a real server: kept-alive connections, the Date header."""
 
 from __future__ import annotations
 
+import email.utils
 import socket
 import time
 
@@ -54,3 +55,22 @@ def test_one_connection_serves_pipelined_back_to_back_and_idle_requests_in_order
     assert ids == ["pipe-1", "pipe-2", "pipe-3", "pipe-4"]
     assert all(head.startswith(b"HTTP/1.1 200") for head, _ in answers), [head[:40] for head, _ in answers]
     assert b'"role":"admin"' in answers[1][1].replace(b" ", b"") and b'"role":"admin"' in answers[3][1].replace(b" ", b"")
+
+
+def test_the_date_header_follows_the_clock_on_a_kept_alive_connection(api_url: str) -> None:
+    # The worker formats the Date header once a second: each answer must still carry the current second.
+    host, port = api_url.removeprefix("http://").split(":")
+    dates = []
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        for i in range(3):
+            before = time.time()
+            sock.sendall(_request("/healthz", f"date-{i}"))
+            head, _ = _read_responses(sock, 1)[0]
+            after = time.time()
+            value = next(line.split(b":", 1)[1].strip().decode() for line in head.split(b"\r\n")
+                         if line.lower().startswith(b"date:"))
+            dates.append(value)
+            stamp = email.utils.parsedate_to_datetime(value).timestamp()
+            assert int(before) <= stamp <= after, (value, before, after)
+            time.sleep(1.1)
+    assert len(set(dates)) == 3
