@@ -11,10 +11,11 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
-import pika
+import amqp
 import pymongo
 
 from installer.processes import Layout, running, start
+from server.core.broker import close_quietly, connect, parse_broker_url
 from server.core.settings import Settings
 
 
@@ -24,15 +25,10 @@ class StackError(Exception):
 
 def broker_answers(url: str) -> bool:
     """Tell whether an AMQP broker accepts a connection at url."""
-    params = pika.URLParameters(url)
-    if params.virtual_host in ("", "/"):
-        params.virtual_host = "/"
-    params.socket_timeout = 2
-    params.connection_attempts = 1
     try:
-        pika.BlockingConnection(params).close()
+        close_quietly(connect(parse_broker_url(url), timeout_s=2, name="modeldeck-installer"))
         return True
-    except pika.exceptions.AMQPError:
+    except (amqp.exceptions.AMQPError, OSError):
         return False
 
 

@@ -91,7 +91,7 @@ def up(settings: Settings, timeout_s: float = 120) -> str:
         start(layout, "api", [
             python, "-m", "gunicorn", "--bind", f"{settings.api_host}:{settings.api_port}",
             "--workers", str(settings.api_workers), "--threads", str(settings.api_threads),
-            "--worker-class", "server.http_worker.LingeringThreadWorker", "--timeout", "120", "--graceful-timeout", "10", "server.wsgi:app",
+            "--worker-class", "server.http.gunicorn_worker.LingeringThreadWorker", "--timeout", "120", "--graceful-timeout", "10", "server.http.wsgi:app",
         ], {**env, "PROMETHEUS_MULTIPROC_DIR": str(prometheus_dir)}, ROOT)
     if running(layout, "console") is None:
         start(layout, "console", [python, "-m", "console"],

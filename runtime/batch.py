@@ -16,9 +16,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from runtime.batch_sinks import FileSink, Sink, SqlSink
 from runtime.batch_sources import Committed, count_rows, read_chunks, source_url
-from runtime.predict import run_prediction
+from runtime.inference import run_prediction
 from runtime.state import WorkerState
-from server.core import jobs_repo, sqlsource
+from server.core import jobs_repo, sqlsource, wire
 from server.core.errors import ModelDeckError
 
 logger = logging.getLogger(__name__)
@@ -46,11 +46,11 @@ def _output(params: dict[str, Any]) -> list[str]:
     return ["row_number", *([key] if key else []), *params["keep"], "prediction"]
 
 
-def _score(state: WorkerState, spec: dict[str, Any], features: list[list[Any]]) -> list[Any]:
-    outcome = run_prediction(state, spec, features)
-    if not outcome["ok"]:
-        raise BatchError(outcome["error"]["code"], outcome["error"]["message"])
-    return [json.dumps(p) if isinstance(p, (list, dict)) else p for p in outcome["predictions"]]
+def _score(state: WorkerState, model: wire.ModelRef, features: list[list[Any]]) -> list[Any]:
+    outcome = run_prediction(state, wire.PredictRequest(model=model, rows=features))
+    if not outcome.ok:
+        raise BatchError(outcome.error_code, outcome.error_message)
+    return [json.dumps(p) if isinstance(p, (list, dict)) else p for p in outcome.predictions]
 
 
 def numeric_features(rows: list[list[Any]], names: list[str], first_row: int) -> Any:
@@ -97,7 +97,7 @@ def score_job(state: WorkerState, job: dict[str, Any]) -> dict[str, Any] | None:
         features: Any = [[row[i] for i in feature_idx] for row in rows]
         if params.get("feature_types") and all(t in ("number", "integer") for t in params["feature_types"]):
             features = numeric_features(features, params["features"], done.rows)
-        predictions = _score(state, params["spec"], features)
+        predictions = _score(state, params["model_ref"], features)
         out = [(done.rows + n, *(row[i] for i in carried), p) for n, (row, p) in enumerate(zip(rows, predictions))]
         done = Committed(done.chunks + 1, done.rows + len(rows), rows[-1][columns.index(key)] if key else None)
         sink.write(done.chunks, out_columns, out, done)

@@ -8,31 +8,21 @@ from celery import shared_task
 from celery.utils.log import get_task_logger
 
 from runtime.batch import run_batch
-from runtime.predict import run_prediction
+from runtime.inference import run_prediction
 from runtime.state import get_state
-from server.core import jobs_repo
+from server.core import jobs_repo, wire
 
 logger = get_task_logger(__name__)
 
 
-@shared_task(name="runtime.predict", Strategy="runtime.fastlane:strategy")
-def predict(spec: dict[str, Any], rows: list[list[Any]]) -> dict[str, Any]:
-    """Answer a synchronous prediction; the reply goes to the caller's reply queue.
-
-    The worker runs it through runtime.fastlane's strategy (same work, same reply, less per-message
-    overhead); this body is what Celery's default strategy would run, e.g. under `celery call`.
-    """
-    state = get_state()
-    with state.lock:
-        state.busy += 1
-    try:
-        return run_prediction(state, spec, rows)
-    finally:
-        with state.lock:
-            state.busy -= 1
+@shared_task(name=wire.PREDICT_TASK, Strategy="runtime.predict_handler:predict_strategy")
+def predict(request: dict[str, Any]) -> dict[str, Any]:
+    """Answer a synchronous prediction under Celery's default strategy (MODELDECK_WORKER_FAST_LANE=false, or
+    `celery call`); workers normally answer through runtime.predict_handler, which runs the same function."""
+    return run_prediction(get_state(), wire.PredictRequest.from_dict(request)).to_dict()
 
 
-@shared_task(name="runtime.predict_job", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+@shared_task(name=wire.PREDICT_JOB_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def predict_job(job_id: str) -> None:
     """Run an asynchronous prediction job and store its outcome; a redelivered finished job is skipped."""
     state = get_state()
@@ -42,25 +32,18 @@ def predict_job(job_id: str) -> None:
             logger.warning("job %s was finished by a worker that died before auditing it; job.finish recorded now", job_id)
         logger.info("job %s already finished or unknown; skipping", job_id)
         return
-    params = job["params"]
-    with state.lock:
-        state.busy += 1
-    try:
-        outcome = run_prediction(state, params["spec"], params["rows"])
-    finally:
-        with state.lock:
-            state.busy -= 1
-    if outcome["ok"]:
-        stored = jobs_repo.finish_job(state.db, job_id, result={"predictions": outcome["predictions"]})
+    outcome = run_prediction(state, wire.PredictRequest.from_dict(job["params"]["request"]))
+    if outcome.ok:
+        stored = jobs_repo.finish_job(state.db, job_id, result={"predictions": outcome.predictions})
     else:
-        stored = jobs_repo.finish_job(state.db, job_id, error=outcome["error"])
+        stored = jobs_repo.finish_job(state.db, job_id, error={"code": outcome.error_code, "message": outcome.error_message})
     if stored:
-        jobs_repo.record_event(state.db, job, "job.finish", "success" if outcome["ok"] else "failed",
-                               {"kind": "predict", "error": None if outcome["ok"] else outcome["error"]["code"]})
-    logger.info("job %s finished ok=%s", job_id, outcome["ok"])
+        jobs_repo.record_event(state.db, job, "job.finish", "success" if outcome.ok else "failed",
+                               {"kind": "predict", "error": None if outcome.ok else outcome.error_code})
+    logger.info("job %s finished ok=%s", job_id, outcome.ok)
 
 
-@shared_task(name="runtime.batch_job", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+@shared_task(name=wire.BATCH_JOB_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def batch_job(job_id: str) -> None:
     """Run a batch-scoring job; a redelivered one resumes after its last committed chunk."""
     state = get_state()

@@ -156,7 +156,7 @@ def start_api(stack: Stack, **env: str) -> tuple[Proc, str]:
     port = free_port()
     log = stack.tmp / f"api-{port}.log"
     cmd = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "16",
-           "--worker-class", "server.http_worker.LingeringThreadWorker", "server.wsgi:app"]
+           "--worker-class", "server.http.gunicorn_worker.LingeringThreadWorker", "server.http.wsgi:app"]
     proc = Proc(cmd, {**stack.env, **env}, log)
     url = f"http://127.0.0.1:{port}"
 

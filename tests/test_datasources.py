@@ -298,7 +298,7 @@ def test_the_api_and_workers_refuse_to_start_with_data_sources_and_no_key(stack:
                             timeout=60)
     assert worker.returncode == 2 and expected in worker.stderr
     log = stack.tmp / "api-nokey.log"
-    api = Proc([sys.executable, "-m", "gunicorn", "--bind", "127.0.0.1:0", "--workers", "1", "server.wsgi:app"], env, log)
+    api = Proc([sys.executable, "-m", "gunicorn", "--bind", "127.0.0.1:0", "--workers", "1", "server.http.wsgi:app"], env, log)
     wait_for(lambda: not api.alive(), 60, "the API to refuse to start")
     api.stop()
     assert expected in log.read_text()

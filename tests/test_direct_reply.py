@@ -10,7 +10,6 @@ import socket
 import struct
 import threading
 import time
-from typing import Any
 
 import orjson
 import pytest
@@ -19,8 +18,8 @@ from conftest import Client, Proc, Stack, unique
 from server.core.direct_reply import MAGIC, DirectSender, ReplyListener, resolve_host
 from server.core.errors import GatewayTimeoutError
 from server.core.settings import SettingsError
-from server.predictions import task_spec
-from server.router import Router
+from server.core import wire
+from server.transport.router import Router
 
 
 def _collect(listener: ReplyListener, want: int, timeout_s: float = 5.0) -> list[tuple[str, bytes]]:
@@ -87,47 +86,44 @@ def test_an_address_the_api_cannot_listen_on_is_refused_at_start_with_the_variab
 
 
 @pytest.fixture(scope="module")
-def spec(stack: Stack, worker: Proc, tight_api: Client, iris_skops: bytes) -> dict[str, Any]:
+def iris_request(stack: Stack, worker: Proc, tight_api: Client, iris_skops: bytes) -> wire.PredictRequest:
     name = unique("direct")
     assert tight_api.upload(name, iris_skops).status_code == 201
-    return task_spec(stack.db.versions.find_one({"_id": f"{name}:1"}))
-
-
-ROW = [[5.1, 3.5, 1.4, 0.2]]
+    return wire.PredictRequest(wire.model_ref(stack.db.versions.find_one({"_id": f"{name}:1"})), [[5.1, 3.5, 1.4, 0.2]])
 
 
 def test_with_the_broker_reply_queue_unread_a_prediction_is_still_answered_straight_to_the_caller(
-        stack: Stack, spec: dict[str, Any]) -> None:
+        stack: Stack, iris_request: wire.PredictRequest) -> None:
     router = Router(stack.settings.broker_url, stack.settings.queue_prefix, "127.0.0.1")
     router.start()
     try:
-        assert router.call("cpu", "runtime.predict", [spec, ROW], 10.0, "direct-0")["result"]["ok"]
+        assert router.call("cpu", iris_request, 10.0, "direct-0").outcome.ok
         caller = router._caller()
         caller.channel.basic_cancel(caller.consumer_tag)  # answers through the broker now stay in its queue, unread
         for i in range(1, 4):
-            reply = router.call("cpu", "runtime.predict", [spec, ROW], 10.0, f"direct-{i}")
-            assert reply["task_id"].startswith(f"direct-{i}.") and reply["result"]["predictions"] == [0], reply
+            reply = router.call("cpu", iris_request, 10.0, f"direct-{i}")
+            assert reply.task_id.startswith(f"direct-{i}.") and reply.outcome.predictions == [0], reply
     finally:
         router.stop()
 
 
 def test_without_direct_replies_an_unread_reply_queue_times_the_call_out(
-        stack: Stack, spec: dict[str, Any]) -> None:
+        stack: Stack, iris_request: wire.PredictRequest) -> None:
     """The control for the test above: it passes only because the answer skipped the broker."""
     router = Router(stack.settings.broker_url, stack.settings.queue_prefix, None)
     router.start()
     try:
-        assert router.call("cpu", "runtime.predict", [spec, ROW], 10.0, "broker-0")["result"]["ok"]
+        assert router.call("cpu", iris_request, 10.0, "broker-0").outcome.ok
         caller = router._caller()
         caller.channel.basic_cancel(caller.consumer_tag)
         with pytest.raises(GatewayTimeoutError):
-            router.call("cpu", "runtime.predict", [spec, ROW], 2.0, "broker-1")
+            router.call("cpu", iris_request, 2.0, "broker-1")
     finally:
         router.stop()
 
 
 def test_a_worker_that_cannot_reach_the_callers_listener_answers_through_the_broker(
-        stack: Stack, spec: dict[str, Any]) -> None:
+        stack: Stack, iris_request: wire.PredictRequest) -> None:
     router = Router(stack.settings.broker_url, stack.settings.queue_prefix, "127.0.0.1")
     router.start()
     try:
@@ -138,8 +134,8 @@ def test_a_worker_that_cannot_reach_the_callers_listener_answers_through_the_bro
         caller.listener.address = f"127.0.0.1:{_closed_port()}"
         for i in range(3):
             started = time.monotonic()
-            reply = router.call("cpu", "runtime.predict", [spec, ROW], 10.0, f"fallback-{i}")
-            assert reply["task_id"].startswith(f"fallback-{i}.") and reply["result"]["predictions"] == [0], reply
+            reply = router.call("cpu", iris_request, 10.0, f"fallback-{i}")
+            assert reply.task_id.startswith(f"fallback-{i}.") and reply.outcome.predictions == [0], reply
             assert time.monotonic() - started < 2.0
     finally:
         router.stop()

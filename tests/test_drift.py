@@ -11,7 +11,7 @@ import pytest
 
 from conftest import Client, Proc, Stack, start_api, unique, wait_for
 from sample_models import SlowModel
-from server.drift import ks_fallback, ks_test, psi_categorical, psi_numeric
+from server.services.drift import ks_fallback, ks_test, psi_categorical, psi_numeric
 
 COLORS = ["red", "green", "blue"]
 

@@ -38,10 +38,9 @@ from isolation import PrivateBroker, admin_of, isolated_stack, ready
 from sample_models import HogModel, NaNModel, RaisingModel, SlowModel
 from sklearn.linear_model import LinearRegression
 
-from server.core import jobs_repo
+from server.core import jobs_repo, wire
 from server.core.errors import GatewayTimeoutError
-from server.predictions import task_spec
-from server.router import Router
+from server.transport.router import Router
 
 ROW = [5.1, 3.5, 1.4, 0.2]
 
@@ -273,7 +272,7 @@ def test_a_job_finished_by_a_worker_that_died_before_auditing_it_gets_its_entry_
     router.start()
     try:
         for _ in range(2):  # redelivered twice: still one entry
-            router.send("cpu", "runtime.predict_job", [job_id], job_id)
+            router.send("cpu", wire.PREDICT_JOB_TASK, [job_id], job_id)
         wait_for(lambda: stack.db.audit.count_documents({"action": "job.finish", "target": job_id}) >= 1, 20,
                  "the job.finish entry", worker.log)
         time.sleep(1.0)
@@ -292,20 +291,20 @@ def test_a_late_reply_lands_on_the_callers_thread_and_never_answers_its_next_cal
     that timed out arrives there while the thread's next call waits, and that call still gets its own answer."""
     name = unique("late")
     assert fault_api.upload(name, pickle.dumps(SlowModel(1.5)), fmt="pickle", filename="m.pkl").status_code == 201
-    spec = task_spec(stack.db.versions.find_one({"_id": f"{name}:1"}))
+    model = wire.model_ref(stack.db.versions.find_one({"_id": f"{name}:1"}))
     router = Router(stack.settings.broker_url, stack.settings.queue_prefix, reply_host)
     router.start()
     try:
         with pytest.raises(GatewayTimeoutError):
-            router.call("cpu", "runtime.predict", [spec, [[111.0, 0.0]]], 1.0, "late-1")
+            router.call("cpu", wire.PredictRequest(model, [[111.0, 0.0]]), 1.0, "late-1")
         started = time.monotonic()
         # Answered at about 2.5 s; the first call's answer lands on this thread's queue at about 1.5 s.
-        reply = router.call("cpu", "runtime.predict", [spec, [[222.0, 0.0]]], 5.0, "late-2")
+        reply = router.call("cpu", wire.PredictRequest(model, [[222.0, 0.0]]), 5.0, "late-2")
         waited = time.monotonic() - started
     finally:
         router.stop()
-    assert reply["task_id"].startswith("late-2."), reply
-    assert reply["result"]["predictions"] == [222.0]
+    assert reply.task_id.startswith("late-2."), reply
+    assert reply.outcome is not None and reply.outcome.predictions == [222.0]
     assert waited > 1.2  # it was still waiting when the late answer arrived
 
 

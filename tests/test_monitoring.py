@@ -14,14 +14,15 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import pika
+import amqp
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import Client, Proc, Stack, free_port, unique, wait_for
 from sample_models import RaisingModel, SlowModel
-from server.monitoring import rollup
+from server.core.broker import connect, parse_broker_url
+from server.services.monitoring import rollup
 
 WEBHOOK_SECRET = "test-webhook-secret"
 DELAY_S = 0.05
@@ -69,7 +70,7 @@ def mon(stack: Stack, worker: Proc, admin_key: str, hook: Hook) -> Iterator[Clie
            "MODELDECK_ALERT_WEBHOOK_URL": hook.url, "MODELDECK_ALERT_WEBHOOK_SECRET": WEBHOOK_SECRET}
     log = stack.tmp / f"api-mon-{port}.log"
     proc = Proc([sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "2", "--threads", "8",
-                 "--worker-class", "server.http_worker.LingeringThreadWorker", "server.wsgi:app"], env, log)
+                 "--worker-class", "server.http.gunicorn_worker.LingeringThreadWorker", "server.http.wsgi:app"], env, log)
     url = f"http://127.0.0.1:{port}"
 
     def ready() -> bool:
@@ -241,13 +242,11 @@ def test_pool_workers_and_queue_depth_are_recorded_over_time(stack: Stack, mon: 
     pool = unique("backlog").replace("-", "_")
     assert mon.put(f"/api/v1/runtimes/{pool}/scale", json={"replicas": 0, "reason": "test"}).status_code == 200
     queue = stack.settings.queue_name(pool)
-    params = pika.URLParameters(stack.settings.broker_url)
-    params.virtual_host = params.virtual_host or "/"  # Celery's "amqp://host//" is the default vhost
-    conn = pika.BlockingConnection(params)
+    conn = connect(parse_broker_url(stack.settings.broker_url))
     channel = conn.channel()
-    channel.queue_declare(queue, durable=True)
+    channel.queue_declare(queue, durable=True, auto_delete=False)
     for i in range(3):
-        channel.basic_publish("", queue, f"waiting {i}".encode())
+        channel.basic_publish(amqp.Message(f"waiting {i}".encode()), "", queue)
     published_at = time.time()  # a sample taken earlier (same second) may still show 0
     started = int(published_at)
     series: dict[str, Any] = {}
@@ -274,10 +273,10 @@ def test_pool_workers_and_queue_depth_are_recorded_over_time(stack: Stack, mon: 
     backlog = [p["queue_depth"] for p in points if published_at <= p["t"] < purged_at - 1]
     assert backlog == [3] * len(backlog)
     assert [p["t"] for p in points] == sorted(p["t"] for p in points)
-    # Sampling every second opened and closed a channel each time: the API's log must not fill with pika's notes.
+    # Sampling every second opens a channel each time: the API's log must not fill with notes of it.
     log = "".join(path.read_text() for path in stack.tmp.glob("api-mon-*.log"))
     assert re.search(r" INFO \d+ server\.", log)  # the API's own notes are there
-    assert re.findall(r".* INFO \d+ pika\..*", log)[:3] == []
+    assert re.findall(r".* INFO \d+ (amqp|server\.core\.queues)\b.*", log)[:3] == []
     live = [w for w in mon.get("/api/v1/runtimes").json()["pools"] if w["name"] == "cpu"][0]["live_workers"]
     assert series["cpu"][-1]["workers"] == live >= 1
 

@@ -6,18 +6,14 @@ import pickle
 import time
 import zipfile
 import io
-from typing import Any
 
 import pytest
 import skops.io as sio
 from sklearn.linear_model import LogisticRegression
 
-from conftest import IRIS_FEATURES, IRIS_SCHEMA, Client, Proc, Stack, repository_counts, start_worker, unique, wait_for
+from conftest import IRIS_FEATURES, IRIS_SCHEMA, Client, repository_counts, unique
 from sample_models import NaNModel, RaisingModel, SlowModel
 
-from runtime.fastlane import _InlineGate
-from server.predictions import task_spec
-from server.router import Router
 
 
 @pytest.fixture(scope="module")
@@ -152,111 +148,3 @@ def test_model_needing_a_missing_library_is_reported(operator: Client) -> None:
     assert resp.status_code == 500
     assert resp.json()["error"]["message"] == (
         f"model '{name}' version 1 could not be loaded: torchscript models need torch, which this worker's environment lacks")
-
-
-def test_the_fast_lane_and_celerys_default_strategy_answer_alike(stack: Stack, worker: Proc, operator: Client,
-                                                                 iris_skops: bytes, iris: Any) -> None:
-    """Workers answer runtime.predict through runtime.fastlane; MODELDECK_WORKER_FAST_LANE=false restores Celery's path."""
-    model, X = iris
-    pool = unique("defaultlane").replace("-", "_")
-    default = start_worker(stack, pool, MODELDECK_WORKER_FAST_LANE="false")
-    try:
-        fast, slow = unique("fast"), unique("slow")
-        assert operator.upload(fast, iris_skops).status_code == 201
-        assert operator.upload(slow, iris_skops, pool=pool).status_code == 201
-        rows = X[:50].tolist()
-        # The API counts live workers from heartbeats at most a second old: wait until it sees the new pool's.
-        wait_for(lambda: operator.post(f"/api/v1/models/{slow}/predict", json={"inputs": rows[:1]}).status_code != 503,
-                 10, f"the API to see pool {pool}")
-        answers = {}
-        for name in (fast, slow):
-            resp = operator.post(f"/api/v1/models/{name}/predict", json={"inputs": rows})
-            assert resp.status_code == 200, resp.text
-            answers[name] = resp.json()["predictions"]
-        assert answers[fast] == answers[slow] == model.predict(X[:50]).tolist()
-        assert "runtime.predict messages take the fast lane" in worker.log.read_text()
-        assert "runtime.predict messages take the fast lane" not in default.log.read_text()
-        # A model failure comes back the same way on both lanes: a clear error naming the model, not a hang.
-        for name in (fast, slow):
-            bad = operator.post(f"/api/v1/models/{name}/predict", json={"inputs": [[1.0, 2.0]]})
-            assert bad.status_code == 500 and bad.json()["error"]["code"] == "model_error"
-            assert bad.json()["error"]["message"].startswith(f"model '{name}' version 1 raised ValueError: X has 2 features")
-    finally:
-        default.stop()
-
-
-def test_proven_fast_code_free_models_run_on_the_consumer_thread_and_others_on_the_pool(
-        stack: Stack, tight_api: Client, iris_skops: bytes, iris: Any) -> None:
-    """After 20 warm runs within MODELDECK_WORKER_INLINE_MAX_MS, a skops model's predictions skip the pool thread,
-    for as many rows as those runs had; a pickled model always runs on the pool; answers are the same either way."""
-    model, X = iris
-    pool = unique("inline").replace("-", "_")
-    # A generous bound so that a loaded CI machine does not decide the test; the default is 2 ms.
-    proc = start_worker(stack, pool, MODELDECK_WORKER_INLINE_MAX_MS="500")
-    router = Router(stack.settings.broker_url, stack.settings.queue_prefix)
-    router.start()
-    try:
-        fast, coded = unique("fast"), unique("coded")
-        assert tight_api.upload(fast, iris_skops, pool=pool).status_code == 201
-        assert tight_api.upload(coded, pickle.dumps(SlowModel(0.0)), fmt="pickle", filename="m.pkl", pool=pool).status_code == 201
-        specs = {name: task_spec(stack.db.versions.find_one({"_id": f"{name}:1"})) for name in (fast, coded)}
-
-        def lanes(name: str, rows: list[list[float]], n: int) -> list[str]:
-            out = []
-            for i in range(n):
-                reply = router.call(pool, "runtime.predict", [specs[name], rows], 10.0, f"{name}-{i}")
-                result = reply["result"]
-                assert result["ok"], result
-                expected = model.predict(rows).tolist() if name == fast else [r[0] for r in rows]
-                assert result["predictions"] == expected
-                out.append(result["lane"])
-            return out
-
-        one, three = X[:1].tolist(), X[:3].tolist()
-        assert lanes(fast, one, 1) == ["pool"]  # cold: the load's time says nothing about the model's speed
-        assert lanes(fast, three, 20) == ["pool"] * 20
-        assert lanes(fast, three, 3) == ["inline"] * 3
-        assert lanes(fast, one, 1) == ["inline"]
-        assert lanes(fast, X[:4].tolist(), 1) == ["pool"]  # more rows than any proven run
-        assert lanes(coded, one, 25) == ["pool"] * 25  # pickles may run any code: never on the consumer thread
-    finally:
-        router.stop()
-        proc.stop()
-
-
-@pytest.mark.parametrize("fmt,inline", [("skops", True), ("onnx", True), ("pickle", False), ("joblib", False),
-                                        ("torchscript", False)])
-def test_inline_gate_admits_only_code_free_formats_within_proven_rows_and_bans_a_far_too_slow_inline_run(fmt: str, inline: bool) -> None:
-    gate = _InlineGate(max_ms=2.0)
-    spec = {"name": "m", "version": 1, "sha256": "ab" * 32, "format": fmt}
-    rows = [[1.0, 2.0]] * 5
-    warm = {"ok": True, "cold": False, "model_ms": 0.3}
-    gate.observe(spec, rows, {**warm, "cold": True, "model_ms": 150.0}, inline=False)  # a load is not counted
-    for _ in range(_InlineGate.RUNS - 1):
-        gate.observe(spec, rows, warm, inline=False)
-    assert not gate.allows([spec, rows])
-    gate.observe(spec, rows, warm, inline=False)
-    assert gate.allows([spec, rows]) is inline
-    if not inline:
-        return
-    assert gate.allows([spec, rows[:1]]) and not gate.allows([spec, rows * 2])
-    assert not gate.allows([spec]) and not gate.allows("junk")
-    gate.observe(spec, rows, {**warm, "model_ms": 2.5}, inline=False)  # slow on the pool: proven again from zero
-    assert not gate.allows([spec, rows])
-    for _ in range(_InlineGate.RUNS):
-        gate.observe(spec, rows, warm, inline=False)
-    assert gate.allows([spec, rows])
-    # The process was not scheduled (wall time over the bound, hardly any CPU): not the model's doing, still proven.
-    gate.observe(spec, rows, {**warm, "model_ms": 9.0, "process_cpu_ms": 0.4}, inline=True)
-    assert gate.allows([spec, rows])
-    # The model's own work (its threads count: the whole process's CPU time) over the bound: proven again.
-    gate.observe(spec, rows, {**warm, "model_ms": 9.0, "process_cpu_ms": 8.7}, inline=True)
-    assert not gate.allows([spec, rows])
-    for _ in range(_InlineGate.RUNS):
-        gate.observe(spec, rows, warm, inline=False)
-    assert gate.allows([spec, rows])
-    gate.observe(spec, rows, {**warm, "model_ms": 25.0}, inline=True)  # ten times the bound inline: never again
-    for _ in range(_InlineGate.RUNS * 2):
-        gate.observe(spec, rows, warm, inline=False)
-    assert not gate.allows([spec, rows])
-    assert not _InlineGate(max_ms=0).allows([spec, rows])

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from server.core.errors import UnprocessableError
-from server.validation import _validate_schemaless, validate_rows
+from server.services.validation import _validate_schemaless, validate_rows
 
 SCHEMA = [{"name": n, "type": "number"} for n in ("a", "b", "c")]
 

@@ -141,8 +141,6 @@ def run(settings: Settings, stop: threading.Event) -> None:
 def main() -> int:
     """Entry point of `python -m runtime.controller`."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    # A passive declare of a queue no worker declared yet is expected; pika logs each as a warning.
-    logging.getLogger("pika").setLevel(logging.ERROR)
     settings = settings_or_exit()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

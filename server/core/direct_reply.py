@@ -1,21 +1,20 @@
-"""Synchronous replies from a worker straight to the waiting API thread, over TCP, not back through RabbitMQ.
+"""Synchronous replies from a worker straight to the waiting API thread over TCP, not back through RabbitMQ.
 
-The request still travels through the pool's queue (fair dispatch, prefetch, queue depth for scaling); only
-its answer skips the broker. Each API request thread listens on a socket of its own and names it in the task
-message with a random key; the worker that runs the task opens one connection to that address (kept for the
-next answers), proves it knows the key, and writes the answer there. Measured on the 2-core machine of
-docs/performance.md: an echo through RabbitMQ and back 674-733 us, the same with the answer over such a
-connection 377-405 us. Each hop through the broker wakes two processes.
+The request still travels through the pool's queue (fair dispatch, prefetch, queue depth for scaling); only its
+answer skips the broker, saving the two process wake-ups of a hop through it (docs/performance.md). Each API
+request thread listens on a socket of its own and names it in the task message with a random key (the headers
+in server/core/wire.py); the worker that runs the task opens one connection to that address (kept for the next
+answers), proves it knows the key, and writes the answer there.
 
-Wire format: the worker's first bytes on a connection are ``MAGIC`` and the caller's key (32 ASCII hex
-digits), which the listener acknowledges with one byte (``ACK``) before the worker sends anything else, or
-closes the connection; each answer then is a 4-byte big-endian length and that many bytes: the correlation id, a newline
-and the JSON body. An API thread reads these only while one of its calls waits; a late answer to a call that
-timed out is read at the thread's next call and dropped by its correlation id, as on the broker path.
+Wire format: the worker's first bytes on a connection are ``MAGIC`` and the caller's key (32 ASCII hex digits),
+which the listener acknowledges with one byte (``ACK``) before the worker sends anything else, or closes the
+connection; each answer then is a 4-byte big-endian length and that many bytes: the correlation id, a newline and
+the JSON body. An API thread reads these only while one of its calls waits; a late answer to a call that timed
+out is read at the thread's next call and dropped by its correlation id, as on the broker path.
 
-Whatever fails on the worker's side (no route to the API host, a refused or broken connection, a full send
-buffer for a second) sends that answer through the broker's reply queue instead, which the API thread reads
-at the same time; an address that could not be reached is not tried again for ``RETRY_AFTER_S``.
+Whatever fails on the worker's side (no route to the API host, a refused or broken connection, a full send buffer
+for a second) sends that answer through the broker's reply queue instead, which the API thread reads at the same
+time; an address that could not be reached is not tried again for ``RETRY_AFTER_S``.
 """
 
 from __future__ import annotations
@@ -36,8 +35,6 @@ logger = logging.getLogger(__name__)
 
 MAGIC = b"MDR1"
 ACK = b"\x01"  # the listener's answer to a hello with its key
-HEADER_ADDRESS = "reply_direct"  # task message header: "host:port" of the caller's listener
-HEADER_KEY = "reply_key"  # task message header: the listener's key
 MAX_FRAME = 256 * 1024 * 1024  # larger than any reply the broker would take (RabbitMQ's default limit is 128 MiB)
 _LENGTH = struct.Struct("!I")
 _KEY_LEN = 32
@@ -89,7 +86,7 @@ class ReplyListener:
         self._poll.register(self._listener.fileno(), select.POLLIN)
         self._inbound: dict[int, _Inbound] = {}
         self._watched: int | None = None
-        # Reads land here first: a fresh 1 MiB bytes per recv() cost an mmap, mremap and munmap per answer.
+        # Reads land in one reused buffer: a fresh large bytes per recv() costs an mmap and munmap per answer.
         self._scratch = bytearray(_READ_SIZE)
         self._scratch_view = memoryview(self._scratch)
 

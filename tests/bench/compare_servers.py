@@ -600,18 +600,15 @@ def start_modeldeck(args: argparse.Namespace, work: Path, model: LogisticRegress
 
 def delete_queues(broker_url: str, queues: list[str]) -> None:
     """Remove the private stack's queues from the shared broker (best effort)."""
-    import pika
+    from server.core.broker import close_quietly, connect, parse_broker_url
 
-    params = pika.URLParameters(broker_url)
-    if params.virtual_host in ("", "/"):  # amqp://...:5672// means the default vhost, as in broker_answers
-        params.virtual_host = "/"
     try:
-        conn = pika.BlockingConnection(params)
+        conn = connect(parse_broker_url(broker_url))
         channel = conn.channel()
         for queue in queues:
             channel.queue_delete(queue)
-        conn.close()
-    except pika.exceptions.AMQPError:
+        close_quietly(conn)
+    except Exception:  # best effort: the broker may be gone already
         pass
 
 

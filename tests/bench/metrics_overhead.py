@@ -46,7 +46,7 @@ def start_api_without_metrics(settings, layout: Layout, port: int, prom_dir: str
     env = child_env(settings, layout, MODELDECK_METRICS_ENABLED="false", PROMETHEUS_MULTIPROC_DIR=prom_dir)
     return subprocess.Popen([
         sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", str(settings.api_workers),
-        "--threads", str(settings.api_threads), "--worker-class", "server.http_worker.LingeringThreadWorker", "server.wsgi:app",
+        "--threads", str(settings.api_threads), "--worker-class", "server.http.gunicorn_worker.LingeringThreadWorker", "server.http.wsgi:app",
     ], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

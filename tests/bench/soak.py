@@ -127,7 +127,7 @@ class Stack:
         _, admin = keys_repo.create_key(db, "soak-admin", "admin", None, None, "soak")
         self._start("worker", [sys.executable, "-m", "runtime.worker"], MODELDECK_WORKER_POOL="cpu")
         self._start("api", [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.api_port}", "--workers", "2",
-                            "--threads", "16", "--worker-class", "server.http_worker.LingeringThreadWorker", "--timeout", "120", "server.wsgi:app"])
+                            "--threads", "16", "--worker-class", "server.http.gunicorn_worker.LingeringThreadWorker", "--timeout", "120", "server.http.wsgi:app"])
 
         def ready() -> bool:
             try:

@@ -65,7 +65,7 @@ def main() -> int:
         procs.append(subprocess.Popen([sys.executable, "-m", "runtime.worker"], cwd=ROOT,
                                       env={**env, "MODELDECK_WORKER_POOL": "gpu", "MODELDECK_WORKER_CONCURRENCY": "1"}))
         procs.append(subprocess.Popen([sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{api_port}",
-                                       "--worker-class", "server.http_worker.LingeringThreadWorker", "--threads", "4", "server.wsgi:app"], cwd=ROOT, env=env))
+                                       "--worker-class", "server.http.gunicorn_worker.LingeringThreadWorker", "--threads", "4", "server.http.wsgi:app"], cwd=ROOT, env=env))
         base = f"http://127.0.0.1:{api_port}"
         wait(lambda: db.workers.find_one({"pool": "gpu", "state": {"$in": ["idle", "busy"]}}), 120, "a gpu worker serving")
         wait(lambda: requests.get(base + "/healthz", timeout=2).status_code == 200, 60, "the API answering")

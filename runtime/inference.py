@@ -1,0 +1,56 @@
+"""Run a prediction on a cached model: the work behind both predict handlers and the jobs."""
+
+from __future__ import annotations
+
+import time
+
+from runtime.loader import LoadedModel, ModelLoadError, ModelRunError, load_model
+from runtime.state import WorkerState
+from server.core.artifacts import get_artifact
+from server.core.errors import ModelDeckError
+from server.core.wire import Lane, PredictOutcome, PredictRequest
+
+
+def run_prediction(state: WorkerState, request: PredictRequest, lane: Lane = "task") -> PredictOutcome:
+    """Predict the request's rows with its model version, counted as busy meanwhile; errors come back as data."""
+    with state.lock:
+        state.busy += 1
+    try:
+        outcome = _run(state, request)
+    finally:
+        with state.lock:
+            state.busy -= 1
+    outcome.lane = lane
+    return outcome
+
+
+def _run(state: WorkerState, request: PredictRequest) -> PredictOutcome:
+    spec = request.model
+    label = request.label
+
+    def load() -> LoadedModel:
+        data = get_artifact(state.db, spec["sha256"])
+        device = "cuda" if state.settings.worker_pool in state.settings.gpu_pools else "cpu"
+        return load_model(spec["sha256"], spec["format"], data, spec.get("trusted_types") or [], device)
+
+    started = time.perf_counter()
+    try:
+        model, cold = state.cache.get(spec["sha256"], load)
+    except ModelLoadError as exc:
+        return PredictOutcome.failed("model_load_failed", f"{label} could not be loaded: {exc}")
+    except ModelDeckError as exc:
+        return PredictOutcome.failed(exc.code, f"{label} could not be loaded: {exc.message}")
+    loaded = time.perf_counter()
+    cpu_before = time.process_time()
+    try:
+        predictions = model.run(request.rows)
+    except ModelRunError as exc:
+        return PredictOutcome.failed("model_failed", f"{label} failed: {exc}")
+    except Exception as exc:  # the model's own code raised: report it, keep the worker alive
+        return PredictOutcome.failed("model_failed", f"{label} raised {type(exc).__name__}: {str(exc)[:300]}")
+    done = time.perf_counter()
+    return PredictOutcome(
+        ok=True, predictions=predictions, cold=cold,
+        load_ms=round((loaded - started) * 1000, 3), model_ms=round((done - loaded) * 1000, 3),
+        process_cpu_ms=round((time.process_time() - cpu_before) * 1000, 3),
+    )

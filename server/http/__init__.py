@@ -1,0 +1,1 @@
+"""HTTP plumbing: the Flask app, endpoint declarations, views, the gunicorn worker class."""

@@ -1,0 +1,1 @@
+"""Domain services the views call: predictions, uploads, jobs, identity, audit, monitoring."""

@@ -1,0 +1,1 @@
+"""The transport to the broker: the request router."""
