@@ -34,7 +34,10 @@ def predict_job(job_id: str) -> None:
         return
     outcome = run_prediction(state, wire.PredictRequest.from_dict(job["params"]["request"]))
     if outcome.ok:
-        stored = jobs_repo.finish_job(state.db, job_id, result={"predictions": outcome.predictions})
+        result: dict[str, Any] = {"predictions": outcome.predictions}
+        if outcome.classes is not None:
+            result["classes"] = outcome.classes
+        stored = jobs_repo.finish_job(state.db, job_id, result=result)
     else:
         stored = jobs_repo.finish_job(state.db, job_id, error={"code": outcome.error_code, "message": outcome.error_message})
     if stored:

@@ -15,9 +15,14 @@ from server.core.errors import ConflictError, NotFoundError
 ALIAS_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,49}$")
 
 
-class FieldSpec(TypedDict):
+class _FieldRequired(TypedDict):
     name: str
-    type: str
+    type: str  # number | integer | string | boolean | category
+
+
+class FieldSpec(_FieldRequired, total=False):
+    nullable: bool  # null (None, NaN, pd.NA as fits the dtype) is a valid value
+    categories: list[Any]  # a category field's categories, in the order the model was fitted with
 
 
 class VersionDoc(TypedDict, total=False):
@@ -39,6 +44,10 @@ class VersionDoc(TypedDict, total=False):
     created_by: str
     archived: bool
     filename: str
+    methods: list[str] | None  # what the model offers (server/core/model_info.py); None: not known until loaded
+    classes: list[Any] | None  # a classifier's labels, in the order of its probability columns
+    feature_names: list[str] | None  # the named features it was fitted on; None: it takes an array
+    example: dict[str, Any] | None  # one input row, the console form's starting point when there is no reference
 
 
 def create_version(db: Database, doc: VersionDoc) -> VersionDoc:

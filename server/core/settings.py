@@ -39,8 +39,11 @@ class Settings(BaseSettings):
     api_workers: int = Field(default=2, ge=1)
     api_threads: int = Field(default=16, ge=1)
     allow_pickle: bool = False
-    skops_trusted_prefixes: tuple[str, ...] = ("sklearn.",)
+    # What ordinary scikit-learn models need beyond their own classes: a OneHotEncoder's dtype, and the partial
+    # around a sklearn function a HistGradientBoosting model keeps (skops lists the wrapped function separately).
+    skops_trusted_prefixes: tuple[str, ...] = ("sklearn.", "numpy.dtype", "functools.partial")
     max_upload_mb: int = Field(default=1024, ge=1)
+    upload_inspect_max_mb: int = Field(default=200, ge=0)
     max_body_kb: int = Field(default=10240, ge=1)
     max_predict_rows: int = Field(default=10000, ge=1)
     predict_timeout_s: float = Field(default=30.0, gt=0)

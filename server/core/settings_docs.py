@@ -21,6 +21,7 @@ FIELD_DOCS: dict[str, str] = {
     'allow_pickle': "Accept `pickle`/`joblib` uploads (from admins only). Pickles run arbitrary code when loaded.",
     'skops_trusted_prefixes': "JSON list: type-name prefixes a skops file may need trusted; anything else is refused at upload.",
     'max_upload_mb': "Largest model upload (413 above it).",
+    'upload_inspect_max_mb': "skops uploads up to this size are loaded once at upload (with their checked types) to record their methods, classes and feature names and to check the input schema against them; larger ones are described by the worker when it loads them. `0`: never.",
     'max_body_kb': "Largest JSON request body (413 above it).",
     'max_predict_rows': "Most rows one synchronous or async prediction may carry (413 above it); score more with a batch job.",
     'direct_replies': "Workers answer a synchronous prediction straight to the waiting API thread over TCP instead of back through RabbitMQ (about 0.3 ms less per request, [architecture](architecture.md)); any failure falls back to the broker. `false`: every answer goes through the broker.",

@@ -16,8 +16,8 @@ DTYPES = {
     "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
     "FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
 }
-SCHEMA_DTYPES = {"number": "FP64", "integer": "INT64", "string": "BYTES", "boolean": "BOOL"}
-OUTPUT_NAME = "predict"
+SCHEMA_DTYPES = {"number": "FP64", "integer": "INT64", "string": "BYTES", "boolean": "BOOL", "category": "BYTES"}
+OUTPUT_NAME = "predict"  # the default output; a model's others are named for their methods (predict_proba, ...)
 
 
 def split_body(raw: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
@@ -152,7 +152,7 @@ def _datatype(values: list[Any]) -> str:
     return "BYTES"
 
 
-def encode_output(predictions: list[Any], binary: bool) -> tuple[dict[str, Any], bytes]:
+def encode_output(predictions: list[Any], binary: bool, name: str = OUTPUT_NAME) -> tuple[dict[str, Any], bytes]:
     """Return the output tensor for predictions, with its binary data when asked for."""
     rows = len(predictions)
     if predictions and isinstance(predictions[0], list):
@@ -161,7 +161,7 @@ def encode_output(predictions: list[Any], binary: bool) -> tuple[dict[str, Any],
     else:
         shape, flat = [rows], list(predictions)
     dtype = _datatype(flat)
-    tensor: dict[str, Any] = {"name": OUTPUT_NAME, "shape": shape, "datatype": dtype}
+    tensor: dict[str, Any] = {"name": name, "shape": shape, "datatype": dtype}
     if not binary:
         tensor["data"] = [str(v) for v in flat] if dtype == "BYTES" else flat
         return tensor, b""

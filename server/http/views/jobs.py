@@ -32,6 +32,8 @@ class JobBody(BaseModel):
     model: str = Field(description="model name")
     inputs: list[Any] | None = Field(default=None, description="rows, as for predict (an async prediction job)")
     version: int | str | None = None
+    method: Literal["predict", "predict_proba", "predict_log_proba", "decision_function", "transform"] = Field(
+        default="predict", description="the model's method to call (a batch job writes one column per class for probabilities)")
     source: batch.SourceSpec | None = Field(default=None, description="batch scoring: where the rows come from")
     destination: batch.DestinationSpec | None = Field(default=None, description="batch scoring: where predictions go")
     chunk_rows: int | None = Field(default=None, ge=1, le=1000000, description="rows per committed chunk (batch)")
@@ -60,6 +62,9 @@ def _accepted(job: dict[str, Any]) -> Response:
 
 def _start_batch(body: JobBody, upload: dict[str, Any] | None = None) -> Response:
     ctx = current_app.extensions["modeldeck"]
+    if body.method != "predict":
+        raise InvalidInputError(f"field 'method': batch jobs write the model's predict output, got {body.method!r}",
+                                {"field": "method", "value": body.method, "expected": ["predict"]})
     job = batch.submit_batch(ctx, g.principal, body.model, body.version, body.source or batch.SourceSpec(),
                              body.destination, body.chunk_rows, upload)
     params = job["params"]
@@ -82,7 +87,7 @@ def create_job(body: JobBody) -> Response:
         raise InvalidInputError("field 'inputs': Field required, got nothing; or give 'source' and 'destination' "
                                 "for a batch-scoring job")
     ctx = current_app.extensions["modeldeck"]
-    job = predictions.submit_job(ctx, g.principal, body.model, body.inputs, body.version)
+    job = predictions.submit_job(ctx, g.principal, body.model, body.inputs, body.version, body.method)
     audit.record("job.create", job["_id"], status=202, details={"model": body.model, "version": job["params"]["version"]})
     return _accepted(job)
 

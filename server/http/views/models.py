@@ -44,6 +44,8 @@ def version_view(doc: Any) -> dict[str, Any]:
         "created_at": doc["created_at"], "created_by": doc.get("created_by"),
         "status": "archived" if doc.get("archived") else "active",
         "monitoring": doc.get("monitoring"),
+        "methods": doc.get("methods"), "classes": doc.get("classes"), "feature_names": doc.get("feature_names"),
+        "example": doc.get("example"),
     }
 
 

@@ -19,6 +19,7 @@ from server.http.v2_tensors import OUTPUT_NAME, SCHEMA_DTYPES, decode_inputs, en
 
 logger = logging.getLogger(__name__)
 api = Api("v2", "/v2")
+V2_OUTPUTS = ("predict", "predict_proba", "predict_log_proba", "decision_function")
 
 INFER_SCHEMA = {"application/json": {"schema": {"type": "object", "required": ["inputs"], "properties": {
     "id": {"type": "string"}, "parameters": {"type": "object"},
@@ -61,10 +62,23 @@ def _metadata(name: str, version: str | None) -> Response:
         inputs = [{"name": f["name"], "datatype": SCHEMA_DTYPES[f["type"]], "shape": [-1]} for f in schema]
     else:
         inputs = [{"name": "input-0", "datatype": "FP64", "shape": [-1, -1]}]
+    outputs = [{"name": OUTPUT_NAME, "datatype": "BYTES" if _string_labels(doc) else "FP64", "shape": [-1]}]
+    for method in _outputs(doc)[1:]:
+        outputs.append({"name": method, "datatype": "FP64", "shape": [-1, len(doc.get("classes") or []) or -1]})
     return json_response({
         "name": name, "versions": [str(v["version"]) for v in model["versions"] if not v.get("archived")],
-        "platform": doc["format"], "inputs": inputs, "outputs": [{"name": OUTPUT_NAME, "datatype": "FP64", "shape": [-1]}],
+        "platform": doc["format"], "inputs": inputs, "outputs": outputs,
     })
+
+
+def _outputs(doc: Any) -> list[str]:
+    """The outputs a version offers: predict, then its other methods that answer numbers per row."""
+    methods = doc.get("methods") or [OUTPUT_NAME]
+    return [OUTPUT_NAME] + [m for m in methods if m in V2_OUTPUTS and m != OUTPUT_NAME]
+
+
+def _string_labels(doc: Any) -> bool:
+    return any(isinstance(c, str) for c in doc.get("classes") or [])
 
 
 @api.route("/models/<name>", "GET", "service", "OIP: model metadata")
@@ -93,25 +107,28 @@ def version_ready(name: str, version: str) -> Response:
     return _ready(name, version)
 
 
-def _binary_output(body: dict[str, Any]) -> bool:
-    """Check the requested outputs; say whether the output goes back as binary tensor data.
+def _requested_outputs(body: dict[str, Any], doc: Any) -> list[tuple[str, bool]]:
+    """Return the requested outputs (default: predict), each with whether it goes back as binary tensor data.
 
     binary_data_output on the request asks for every output in binary; binary_data on a requested output
     overrides it (binary tensor data extension).
     """
     params = body.get("parameters") or {}
-    wanted = body.get("outputs") or []
+    wanted = body.get("outputs") or [{"name": OUTPUT_NAME}]
     if not isinstance(params, dict) or not isinstance(wanted, list):
         raise InvalidInputError("inference request: 'parameters' must be an object and 'outputs' a list")
-    as_binary = bool(params.get("binary_data_output"))
-    for out in wanted:
-        if not isinstance(out, dict) or not isinstance(out.get("parameters") or {}, dict):
-            raise InvalidInputError(f"each requested output must be an object with a 'name', got {out!r}"[:300])
-        if out.get("name") != OUTPUT_NAME:
-            raise InvalidInputError(f"unknown output {out.get('name')!r}; this model has one output, '{OUTPUT_NAME}'")
-        if "binary_data" in (out.get("parameters") or {}):
-            as_binary = bool(out["parameters"]["binary_data"])
-    return as_binary
+    offered = _outputs(doc)
+    out: list[tuple[str, bool]] = []
+    for item in wanted:
+        if not isinstance(item, dict) or not isinstance(item.get("parameters") or {}, dict):
+            raise InvalidInputError(f"each requested output must be an object with a 'name', got {item!r}"[:300])
+        if item.get("name") not in offered:
+            raise InvalidInputError(f"unknown output {item.get('name')!r}; this model's outputs are {', '.join(offered)}")
+        as_binary = bool(params.get("binary_data_output"))
+        if "binary_data" in (item.get("parameters") or {}):
+            as_binary = bool(item["parameters"]["binary_data"])
+        out.append((item["name"], as_binary))
+    return out
 
 
 def _infer(name: str, version: str | None) -> Response:
@@ -122,12 +139,18 @@ def _infer(name: str, version: str | None) -> Response:
     body, binary = split_body(request.get_data(cache=False), request.headers.get("Inference-Header-Content-Length"))
     doc = predictions.resolve(ctx, g.principal, name, _ref(version))
     rows = tensors_to_rows(decode_inputs(body, binary), doc.get("input_schema"))
-    as_binary = _binary_output(body)
-    result = predictions.predict(ctx, g.principal, name, rows, doc["version"], request_id())
-    audit.maybe_record_prediction(name, result.version, len(result.predictions))
-    tensor, data = encode_output(result.predictions, as_binary)
-    answer = {"model_name": name, "model_version": str(result.version), "id": body.get("id") or result.request_id,
-              "outputs": [tensor]}
+    tensors, data = [], b""
+    for output, as_binary in _requested_outputs(body, doc):
+        result = predictions.predict(ctx, g.principal, name, rows, doc["version"], request_id(), output)
+        audit.maybe_record_prediction(name, result.version, len(result.predictions))
+        tensor, chunk = encode_output(result.predictions, as_binary, output)
+        if result.classes is not None:
+            # Parameter values are scalars in the protocol: the labels go as a JSON array in a string.
+            tensor["parameters"] = {**tensor.get("parameters", {}), "classes": orjson.dumps(result.classes).decode()}
+        tensors.append(tensor)
+        data += chunk
+    answer = {"model_name": name, "model_version": str(doc["version"]), "id": body.get("id") or request_id(),
+              "outputs": tensors}
     if not data:
         return json_response(answer)
     header = orjson.dumps(answer)
