@@ -573,7 +573,7 @@ def checked(target: Target, name: str) -> Target | None:
     """Return the pipeline target if it answers a 1-row predict_proba, else None (reported, not measured)."""
     rows = PIPELINE_CHECK_ROWS
     try:
-        resp = target.send(requests.Session(), rows)
+        resp = target.send(target.session(), rows)
     except requests.RequestException as exc:
         print(f"  {name}: the pipeline endpoint failed ({exc}); not measured", flush=True)
         return None
