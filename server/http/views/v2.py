@@ -36,18 +36,18 @@ def _ctx() -> Any:
     return current_app.extensions["modeldeck"]
 
 
-@api.route("/health/live", "GET", "service", "OIP: server liveness")
+@api.route("/health/live", "GET", "service", "OIP: server liveness", scope="none")
 def live() -> Response:
     return json_response({"live": True})
 
 
-@api.route("/health/ready", "GET", "service", "OIP: server readiness")
+@api.route("/health/ready", "GET", "service", "OIP: server readiness", scope="none")
 def ready() -> Response:
     ok, _ = readiness()
     return json_response({"ready": ok}, 200 if ok else 400)
 
 
-@api.route("", "GET", "service", "OIP: server metadata")
+@api.route("", "GET", "service", "OIP: server metadata", scope="none")
 def server_metadata() -> Response:
     return json_response({"name": "modeldeck", "version": current_app.extensions["modeldeck_openapi"]["info"]["version"],
                           "extensions": ["binary_tensor_data"]})
@@ -67,12 +67,12 @@ def _metadata(name: str, version: str | None) -> Response:
     })
 
 
-@api.route("/models/<name>", "GET", "service", "OIP: model metadata")
+@api.route("/models/<name>", "GET", "service", "OIP: model metadata", scope="path:name")
 def model_metadata(name: str) -> Response:
     return _metadata(name, None)
 
 
-@api.route("/models/<name>/versions/<version>", "GET", "service", "OIP: model version metadata")
+@api.route("/models/<name>/versions/<version>", "GET", "service", "OIP: model version metadata", scope="path:name")
 def version_metadata(name: str, version: str) -> Response:
     return _metadata(name, version)
 
@@ -83,12 +83,12 @@ def _ready(name: str, version: str | None) -> Response:
     return json_response({"name": name, "ready": live}, 200 if live else 400)
 
 
-@api.route("/models/<name>/ready", "GET", "service", "OIP: model readiness")
+@api.route("/models/<name>/ready", "GET", "service", "OIP: model readiness", scope="path:name")
 def model_ready(name: str) -> Response:
     return _ready(name, None)
 
 
-@api.route("/models/<name>/versions/<version>/ready", "GET", "service", "OIP: model version readiness")
+@api.route("/models/<name>/versions/<version>/ready", "GET", "service", "OIP: model version readiness", scope="path:name")
 def version_ready(name: str, version: str) -> Response:
     return _ready(name, version)
 
@@ -136,13 +136,13 @@ def _infer(name: str, version: str | None) -> Response:
     return resp
 
 
-@api.route("/models/<name>/infer", "POST", "service", "OIP: inference", request_schema=INFER_SCHEMA)
+@api.route("/models/<name>/infer", "POST", "service", "OIP: inference", request_schema=INFER_SCHEMA, scope="path:name")
 def infer(name: str) -> Response:
     return _infer(name, None)
 
 
 @api.route("/models/<name>/versions/<version>/infer", "POST", "service", "OIP: inference on a version",
-           request_schema=INFER_SCHEMA)
+           request_schema=INFER_SCHEMA, scope="path:name")
 def infer_version(name: str, version: str) -> Response:
     return _infer(name, version)
 
