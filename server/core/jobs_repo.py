@@ -126,16 +126,17 @@ def list_jobs(db: Database, owner: str | None, status: str | None, kind: str | N
     return docs, total
 
 
-def record_event(db: Database, job: dict[str, Any], action: str, outcome: str, details: dict[str, Any]) -> None:
+def record_event(db: Database, job: dict[str, Any], action: str, outcome: str, details: dict[str, Any],
+                 keys: audit_repo.AuditKeys) -> None:
     """Write a job's audit entry from a worker (outside any request)."""
     import socket
 
     audit_repo.append(db, {"time": now_iso(), "actor": f"worker:{socket.gethostname()}", "method": "worker",
                            "role": None, "action": action, "target": job["_id"], "outcome": outcome, "status": None,
-                           "request_id": job["_id"], "client": None, "details": {"owner": job["owner"], **details}})
+                           "request_id": job["_id"], "client": None, "details": {"owner": job["owner"], **details}}, keys)
 
 
-def record_missing_finish(db: Database, job_id: str) -> bool:
+def record_missing_finish(db: Database, job_id: str, keys: audit_repo.AuditKeys) -> bool:
     """For a redelivered task whose job is already finished: write its job.finish entry if it has none.
 
     A worker stores the outcome, then writes the audit entry, then acknowledges the task. One that dies between
@@ -154,7 +155,7 @@ def record_missing_finish(db: Database, job_id: str) -> bool:
     status = doc["status"]
     record_event(db, doc, "job.finish", "success" if status == "succeeded" else status,
                  {"kind": doc["kind"], "status": status, "error": (doc.get("error") or {}).get("code"),
-                  "recorded_on_redelivery": True})
+                  "recorded_on_redelivery": True}, keys)
     return True
 
 

@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     keycloak_leeway_s: int = Field(default=30, ge=0, le=300)
     keycloak_role_map: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_ROLE_MAP))
     audit_prediction_sample_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    audit_key: SecretStr = SecretStr("")
+    audit_previous_keys: tuple[SecretStr, ...] = ()
     auth_failure_limit: int = Field(default=20, ge=1)
     auth_failure_window_s: float = Field(default=60.0, gt=0)
     cors_origins: tuple[str, ...] = ()
