@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     predict_timeout_s: float = Field(default=30.0, gt=0)
     direct_replies: bool = True
     direct_reply_host: str = Field(default="127.0.0.1", min_length=1)
+    direct_reply_hello_timeout_s: float = Field(default=1.0, gt=0, le=30)
+    direct_reply_max_pending: int = Field(default=4, ge=1, le=1000)
+    direct_replies_without_tls: bool = False
     worker_pool: str = Field(default="cpu", pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")
     worker_concurrency: int = Field(default=4, ge=1)
     worker_memory_limit_mb: int = Field(default=0, ge=0)

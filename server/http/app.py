@@ -26,7 +26,7 @@ from server.core.errors import ModelDeckError
 from server.core.settings import Settings
 from server.http.openapi import build_openapi
 from server.services.ratelimit import FailureLimiter
-from server.core.direct_reply import resolve_host
+from server.core.direct_reply import listener_config
 from server.transport.router import Router
 from server.http.views import apikeys, audit_log, datasources, docs, health, jobs, models, predict, v2
 from server.http.views import runtimes
@@ -59,8 +59,8 @@ def create_app(settings: Settings, router: Router | None = None) -> Flask:
     audit_repo.prepare_chain(db, keys)
     crypto.check_key_present(settings, datasources_repo.count_datasources(db))
     if router is None:
-        reply_host = resolve_host(settings.direct_reply_host) if settings.direct_replies else None
-        router = Router(settings.broker_url, settings.queue_prefix, reply_host)
+        reply_host, reply_limits = listener_config(settings)
+        router = Router(settings.broker_url, settings.queue_prefix, reply_host, reply_limits)
     router.start()
     cache = RepoCache(lambda: router.connected, ttl_s=CACHE_TTL_S)
     router.on_event(cache.on_event)
