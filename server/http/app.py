@@ -70,7 +70,7 @@ def create_app(settings: Settings, router: Router | None = None) -> Flask:
     app.extensions["modeldeck"] = Context(
         settings=settings, db=db, router=router, auth=Authenticator(db, cache, TokenVerifier(settings) if settings.keycloak_enabled else None),
         liveness=PoolLiveness(db, settings.worker_lost_after_s), cache=cache,
-        limiter=FailureLimiter(settings.auth_failure_limit, settings.auth_failure_window_s), audit_keys=keys,
+        limiter=FailureLimiter(db, settings.auth_failure_limit, settings.auth_failure_window_s), audit_keys=keys,
         metrics=MetricsRecorder(db, settings, Housekeeper(settings)) if settings.metrics_enabled else None,
     )
     if app.extensions["modeldeck"].metrics is not None:
