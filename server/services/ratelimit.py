@@ -8,6 +8,7 @@ import threading
 import time
 
 from pymongo.database import Database
+from pymongo.errors import PyMongoError
 
 from server.core import authfail_repo
 from server.core.errors import TooManyRequestsError
@@ -57,7 +58,7 @@ class FailureLimiter:
             if now - self._purged_at > PURGE_EVERY_S:
                 self._purged_at = now
                 authfail_repo.purge(self.db, now, self.window_s)
-        except Exception:  # the repository is away: keep the last copy; the request itself will say so
+        except PyMongoError:  # the repository is away: keep the last copy; the request itself will say so
             logger.warning("could not read the failed sign-in blocks; using the copy from %.0f s ago", now - self._read_at)
             return
         self._blocked = blocked
