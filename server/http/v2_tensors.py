@@ -106,6 +106,26 @@ def decode_inputs(request: dict[str, Any], binary: bytes) -> dict[str, tuple[lis
     return tensors
 
 
+def check_datatypes(request: dict[str, Any], schema: list[FieldSpec] | None, model: str) -> None:
+    """Refuse a BYTES tensor where the model takes numbers, naming the input (the caller's mistake: 400, not the
+    model's ValueError as a 500)."""
+    types = {f["name"]: f["type"] for f in schema or []}
+    for tensor in request["inputs"]:
+        if tensor.get("datatype") != "BYTES":
+            continue
+        name = tensor["name"]
+        if name in types and types[name] != "string":
+            raise InvalidInputError(
+                f"input '{name}': expected datatype {SCHEMA_DTYPES[types[name]]} (feature '{name}' of model '{model}' "
+                f"is a {types[name]}), got BYTES", {"input": name, "datatype": "BYTES"})
+        if name not in types and "string" not in types.values():
+            expected = ", ".join(sorted({SCHEMA_DTYPES[t] for t in types.values()})) if types else "FP64"
+            raise InvalidInputError(
+                f"input '{name}': expected a numeric datatype ({expected}, as GET /v2/models/{model} says), got BYTES; "
+                "send numbers, or upload the model with an input schema that has string features",
+                {"input": name, "datatype": "BYTES"})
+
+
 def _coerce(value: Any, kind: str | None) -> Any:
     if kind == "integer" and isinstance(value, float) and value.is_integer():
         return int(value)

@@ -15,7 +15,8 @@ from server.services.request_scope import request_id
 from server.core import models_repo
 from server.core.errors import InvalidInputError, ModelDeckError, PayloadTooLargeError
 from server.http.views.health import readiness
-from server.http.v2_tensors import OUTPUT_NAME, SCHEMA_DTYPES, decode_inputs, encode_output, split_body, tensors_to_rows
+from server.http.v2_tensors import (OUTPUT_NAME, SCHEMA_DTYPES, check_datatypes, decode_inputs, encode_output, split_body,
+                                    tensors_to_rows)
 
 logger = logging.getLogger(__name__)
 api = Api("v2", "/v2")
@@ -121,7 +122,9 @@ def _infer(name: str, version: str | None) -> Response:
         raise PayloadTooLargeError(f"request body is over the limit of {limit} bytes (MODELDECK_MAX_BODY_KB)")
     body, binary = split_body(request.get_data(cache=False), request.headers.get("Inference-Header-Content-Length"))
     doc = predictions.resolve(ctx, g.principal, name, _ref(version))
-    rows = tensors_to_rows(decode_inputs(body, binary), doc.get("input_schema"))
+    tensors = decode_inputs(body, binary)
+    check_datatypes(body, doc.get("input_schema"), name)
+    rows = tensors_to_rows(tensors, doc.get("input_schema"))
     as_binary = _binary_output(body)
     result = predictions.predict(ctx, g.principal, name, rows, doc["version"], request_id())
     audit.maybe_record_prediction(name, result.version, len(result.predictions))
