@@ -27,8 +27,10 @@ from server.core.settings import Settings, SettingsError
 
 
 @pytest.fixture
-def restore(stack: Stack) -> Iterator[list[dict[str, Any]]]:
-    """Put every audit entry and the head document back as they were when the test began."""
+def restore(stack: Stack, admin: Client) -> Iterator[list[dict[str, Any]]]:
+    """Give the chain a few more entries, then put every entry and the head document back as they were after them
+    (the signed head file names the newest, so later verifications in the session must find it)."""
+    fill(admin)
     saved = list(stack.db.audit.find())
     head = stack.db.audit_head.find_one({"_id": "head"})
     yield saved
@@ -36,6 +38,7 @@ def restore(stack: Stack) -> Iterator[list[dict[str, Any]]]:
     stack.db.audit.insert_many(saved)
     if head is not None:
         stack.db.audit_head.replace_one({"_id": "head"}, head)
+    assert verify(admin)["valid"] is True, "the chain was not put back whole"
 
 
 def verify(admin: Client) -> dict[str, Any]:
@@ -76,7 +79,6 @@ def test_verify_returns_the_signed_head_also_kept_outside_the_repository(stack: 
 
 def test_rewriting_an_entry_and_recomputing_plain_hashes_is_caught_at_that_entry(stack: Stack, admin: Client,
                                                                                  restore: list[dict[str, Any]]) -> None:
-    fill(admin)
     victim = stack.db.audit.count_documents({}) - 3
     # What defeated the old chain: change the actor, recompute the sha256 of it and of every later entry.
     rechain(stack.db, victim, {"actor": "apikey:someone-else"}, audit_repo.entry_hash)
@@ -88,7 +90,6 @@ def test_rewriting_an_entry_and_recomputing_plain_hashes_is_caught_at_that_entry
 
 def test_recomputing_the_macs_with_a_wrong_key_is_caught(stack: Stack, admin: Client,
                                                           restore: list[dict[str, Any]]) -> None:
-    fill(admin)
     victim = stack.db.audit.count_documents({}) - 4
     guess = secrets.token_bytes(32)
     rechain(stack.db, victim, {"outcome": "denied"}, lambda doc: audit_repo.entry_mac(doc, guess))
@@ -104,7 +105,6 @@ def test_recomputing_the_macs_with_a_wrong_key_is_caught(stack: Stack, admin: Cl
 
 def test_stripping_the_macs_off_the_newest_entries_is_caught(stack: Stack, admin: Client,
                                                              restore: list[dict[str, Any]]) -> None:
-    fill(admin)
     victim = stack.db.audit.count_documents({}) - 2
 
     def plain(doc: dict[str, Any]) -> str:
@@ -119,7 +119,6 @@ def test_stripping_the_macs_off_the_newest_entries_is_caught(stack: Stack, admin
 
 def test_deleting_the_last_entries_and_fixing_the_head_document_is_caught(stack: Stack, admin: Client,
                                                                           restore: list[dict[str, Any]]) -> None:
-    fill(admin)
     total = stack.db.audit.count_documents({})
     stack.db.audit.delete_many({"seq": {"$gt": total - 3}})
     new_tail = stack.db.audit.find_one({"seq": total - 3})
