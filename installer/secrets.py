@@ -65,12 +65,10 @@ def rotate(settings: Settings, layout: Layout, new_key: str | None) -> tuple[str
              "action": "secret_key.rotate", "target": "datasources", "outcome": "success", "status": 200,
              "details": {"reencrypted": count, "secret_changed": True}}
     keys = audit_repo.audit_keys(settings.model_copy(update={"secret_key": SecretStr(current)}))
-    if settings.audit_key.get_secret_value():
-        audit_repo.append(db, entry, keys)  # the chain has its own key: it does not change
-    else:
-        # The chain's key is derived from the secret key: this entry is signed by the old and the new one.
+    audit_repo.append(db, entry, keys)
+    if not settings.audit_key.get_secret_value():
+        # The chain's key is derived from the secret key: pass it on with one entry signed by the old and the new.
         new_keys = audit_repo.AuditKeys(current=audit_repo.derived_key(new), previous=(keys.current,), head_path=keys.head_path)
-        audit_repo.append(db, {**entry, "action": audit_repo.ROTATE, "target": "audit",
-                               "details": {**entry["details"], "old_key_id": keys.current_id,
-                                           "new_key_id": new_keys.current_id}, "old_key": keys.current}, new_keys)
+        audit_repo.append(db, {**entry, "action": audit_repo.ROTATE, "target": "audit", "old_key": keys.current,
+                               "details": {"old_key_id": keys.current_id, "new_key_id": new_keys.current_id}}, new_keys)
     return new, count, local

@@ -204,7 +204,12 @@ def _append(db: Database, entry: dict[str, Any], keys: AuditKeys, attempts: int 
                 db.audit_head.insert_one({"_id": "head", "seq": seq, "hash": doc["hash"]})
             except DuplicateKeyError:
                 pass
-        advance_head_file(doc, keys)
+        try:
+            advance_head_file(doc, keys)
+        except OSError as exc:
+            # The entry is stored; failing the request now would not unstore it. Say loudly what is weakened.
+            logger.error("could not move the signed audit head in %s (%s): a deletion of entries after %d from the "
+                         "end of the trail goes undetected by this host until it can", keys.head_path, exc, seq - 1)
         return doc
     raise RuntimeError("could not append to the audit trail: too much contention")
 
@@ -245,7 +250,11 @@ def prepare_chain(db: Database, keys: AuditKeys) -> str | None:
         if tail is not None and tail.get("alg"):
             # First start with a head file here: trust the repository's tail as of now, and say so.
             logger.warning("no signed audit head at %s yet; starting it at entry %d", keys.head_path, tail["seq"])
-            advance_head_file(tail, keys)
+            try:
+                advance_head_file(tail, keys)
+            except OSError as exc:
+                raise SettingsError(f"cannot write the signed audit head {keys.head_path} ({exc}): MODELDECK_HOME "
+                                    "must be writable by the API (docs/security.md#audit-trail)") from exc
     return done
 
 
