@@ -87,7 +87,7 @@ def _cmd_admin_key(args: argparse.Namespace) -> int:
     doc, secret = keys_repo.create_key(db, args.name, "admin", None, None, "modeldeck admin-key")
     audit_repo.append(db, {"time": now_iso(), "actor": "cli:modeldeck admin-key", "method": "cli", "role": "admin",
                            "action": "apikey.create", "target": doc["_id"], "outcome": "success", "status": 201,
-                           "details": {"name": args.name, "role": "admin"}})
+                           "details": {"name": args.name, "role": "admin"}}, audit_repo.audit_keys(load_settings()))
     print(secret)
     return 0
 

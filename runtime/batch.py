@@ -143,5 +143,5 @@ def run_batch(state: WorkerState, job: dict[str, Any]) -> None:
         progress = jobs_repo.get_job(state.db, job_id).get("progress") or {}
         jobs_repo.record_event(state.db, job, "job.finish", "success" if status == "succeeded" else status,
                                {"kind": "batch", "status": status, "rows_done": progress.get("rows_done"),
-                                "error": error["code"] if error else None})
+                                "error": error["code"] if error else None}, state.audit_keys)
     logger.info("batch job %s %s", job_id, status)

@@ -33,12 +33,12 @@ def readiness() -> tuple[bool, dict[str, object]]:
     return ready, checks
 
 
-@api.route("/healthz", "GET", ANYONE, "Liveness: the API process answers")
+@api.route("/healthz", "GET", ANYONE, "Liveness: the API process answers", scope="none")
 def healthz() -> Response:
     return json_response({"status": "ok"})
 
 
-@api.route("/readyz", "GET", ANYONE, "Readiness: broker, repository and per-pool workers")
+@api.route("/readyz", "GET", ANYONE, "Readiness: broker, repository and per-pool workers", scope="none")
 def readyz() -> Response:
     ready, checks = readiness()
     return json_response({"ready": ready, "checks": checks}, 200 if ready else 503)

@@ -28,7 +28,7 @@ class PredictBody(BaseModel):
 
 
 @api.route("/<name>/predict", "POST", "service", "Predict rows with a model version", body=PredictBody,
-           responses={"202": "queued as a job (?async=true)"})
+           responses={"202": "queued as a job (?async=true)"}, scope="path:name")
 def predict(name: str, body: PredictBody) -> Response:
     ctx = current_app.extensions["modeldeck"]
     flag = request.args.get("async", "false").lower()
