@@ -10,6 +10,7 @@ from flask import Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from server.services import audit, predictions
+from server.http import access_log
 from server.http.api import Api, json_response
 from server.services.request_scope import request_id
 from server.core import models_repo
@@ -125,6 +126,7 @@ def _infer(name: str, version: str | None) -> Response:
     as_binary = _binary_output(body)
     result = predictions.predict(ctx, g.principal, name, rows, doc["version"], request_id())
     audit.maybe_record_prediction(name, result.version, len(result.predictions))
+    access_log.note_version(result.version)
     tensor, data = encode_output(result.predictions, as_binary)
     answer = {"model_name": name, "model_version": str(result.version), "id": body.get("id") or result.request_id,
               "outputs": [tensor]}
