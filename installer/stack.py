@@ -202,8 +202,11 @@ def up(settings: Settings, timeout_s: float = 120, progress: Progress = lambda l
         ], {**env, "PROMETHEUS_MULTIPROC_DIR": str(prometheus_dir)}, ROOT)
     if running(layout, "console") is None:
         launched["console"] = time.monotonic()
+        # The console's sign-in secrets file (Keycloak) is a temporary file: keep it with the stack too.
+        console_tmp = layout.run / "console-tmp"
+        console_tmp.mkdir(mode=0o700, exist_ok=True)
         start(layout, "console", [python, "-m", "console"],
-              {**env, "MODELDECK_CONSOLE_API_URL": api_url(settings)}, ROOT)
+              {**env, "MODELDECK_CONSOLE_API_URL": api_url(settings), "TMPDIR": str(console_tmp)}, ROOT)
     _wait_serving(settings, layout, connect(settings), launched, deadline, progress)
     ready, answer = wait_ready(settings, layout, max(1.0, deadline - time.monotonic()))
     if not ready:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -136,3 +137,18 @@ def test_two_stacks_side_by_side_keep_their_files_apart_and_stop_alone(stack: St
             modeldeck(envs[k], "down")
     assert not any(alive(p) for p in pids["b"].values())
     assert list(user_home.iterdir()) == []
+
+
+def test_up_names_the_component_that_exits_while_starting_and_shows_its_log(stack: Stack, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    home = tmp_path / "home"
+    env = stack_env(stack, home)
+    with socket.socket() as taken:  # something else listens on the API's port: gunicorn cannot bind and exits
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind(("127.0.0.1", int(env["MODELDECK_API_PORT"])))
+        taken.listen()
+        result = modeldeck(env, "up")
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error: api exited while starting\n--- last lines of {home / 'logs' / 'api.log'} ---\n")
+    assert "Connection in use" in result.stderr
+    # up stopped what it had started.
+    assert not any((home / "run" / f"{name}.json").exists() for name in ("repository", "worker-cpu", "controller", "console"))

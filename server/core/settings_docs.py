@@ -54,7 +54,7 @@ FIELD_DOCS: dict[str, str] = {
     'cors_origins': "JSON list of origins allowed to call the API from a browser.",
     'trusted_proxies': "Number of reverse proxies in front of the API whose `X-Forwarded-For` is trusted.",
     'access_log': "The API's access log, one line per request in its log ([operations](operations.md#logs)): `text` (key=value pairs), `json` (one JSON object per line, for log shippers) or `off`.",
-    'preload_upload_libraries': "Import the libraries the upload checks need (scikit-learn, skops, ONNX) in the background as each API process starts, so the first upload is as fast as the next; `/readyz` waits for it. Costs each API process about 200 MB of resident memory ([operations](operations.md#memory)); `false`: import them at the first upload (2–3 s) instead.",
+    'preload_upload_libraries': "Import the libraries the upload checks need (scikit-learn, skops, ONNX) in the background as each API process starts, so the first upload is as fast as the next; `/readyz` waits for it. Costs each API process about 210 MB of resident memory, 106 MB of it unshared ([operations](operations.md#memory)); `false`: each API process imports them at its first upload (3–9 s on 2 busy cores) instead.",
     'embedded_mongo_log_level': "Log level of the embedded repository (nx-27017) in `MODELDECK_HOME/logs/repository.log`; `INFO` logs every command it runs.",
     'metrics_enabled': "Record prediction metrics and logs ([monitoring](monitoring.md)); `false` only to measure the recording's cost.",
     'metrics_flush_interval_s': "How often each API process adds its in-memory minute buckets into the repository.",
