@@ -57,7 +57,7 @@ def test_each_request_has_one_access_line_with_who_what_status_and_time(
     service = Client(admin.base, made.json()["key"])
     service_name = "apikey:" + made.json()["name"]
     bad_key = "mdk_" + uuid.uuid4().hex
-    row = dict(zip(IRIS_FEATURES, [5.1, 3.5, 1.4, 0.2]))
+    row = dict(zip(IRIS_FEATURES, [5.1, 3.5, 1.4, 0.2], strict=True))
     rids = {status: f"access-{status}-{uuid.uuid4().hex[:8]}" for status in (401, 422, 200)}
 
     denied = Client(admin.base, bad_key).get("/api/v1/models", headers={"X-Request-ID": rids[401]})

@@ -11,7 +11,7 @@ import logging
 import re
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from functools import partial
 from typing import Callable
@@ -68,10 +68,10 @@ def format_json(entry: AccessEntry) -> str:
     return orjson.dumps(entry).decode()  # orjson serialises dataclasses natively, in field order
 
 
-def _write(formatter: Callable[[AccessEntry], str], started: float, fields: dict[str, object]) -> None:
+def _write(formatter: Callable[[AccessEntry], str], started: float, entry: AccessEntry) -> None:
     duration_ms = round((time.perf_counter() - started) * 1000, 2)
     stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    logger.info("%s", formatter(AccessEntry(time=stamp, duration_ms=duration_ms, **fields)))  # type: ignore[arg-type]
+    logger.info("%s", formatter(replace(entry, time=stamp, duration_ms=duration_ms)))
 
 
 def _json_handler() -> logging.Handler:
@@ -102,11 +102,10 @@ def install(app: Flask, fmt: str) -> None:
     def _log_on_close(resp: Response) -> Response:
         principal = g.get("principal")
         model = (request.view_args or {}).get("name") if request.blueprint in _MODEL_BLUEPRINTS else None
-        fields = {
-            "request_id": g.get("request_id") or request_id(), "client": request.remote_addr or "-",
-            "credential": principal.subject if principal is not None else "-",
-            "method": request.method, "path": request.path, "status": resp.status_code,
-            "model": model, "version": g.get("access_version"),
-        }
-        resp.call_on_close(partial(_write, formatter, g.get("access_started", time.perf_counter()), fields))
+        entry = AccessEntry(
+            time="", request_id=g.get("request_id") or request_id(), client=request.remote_addr or "-",
+            credential=principal.subject if principal is not None else "-", method=request.method, path=request.path,
+            status=resp.status_code, duration_ms=0.0, model=model, version=g.get("access_version"),
+        )  # time and duration are filled in once the answer is out
+        resp.call_on_close(partial(_write, formatter, g.get("access_started", time.perf_counter()), entry))
         return resp
