@@ -57,7 +57,7 @@ def console_url() -> str:
 
 
 def _cmd_down(_: argparse.Namespace) -> int:
-    stopped = stack.down(load_settings())
+    stopped = stack.down(load_settings(), progress=lambda line: print(line, flush=True))
     print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
     return 0
 

@@ -219,10 +219,15 @@ def up(settings: Settings, timeout_s: float = 120, progress: Progress = lambda l
     return secret
 
 
-def down(settings: Settings) -> list[str]:
-    """Stop every process `up` recorded, API first; return the names stopped."""
+def down(settings: Settings, progress: Progress = lambda line: None) -> list[str]:
+    """Stop every process `up` recorded, console and API first, reporting each; return the names stopped."""
     layout = Layout(settings.home.resolve())
-    stopped = [name for name in reversed(COMPONENTS) if stop(layout, name)]
+    stopped = []
+    for name in reversed(COMPONENTS):
+        t = time.monotonic()
+        if stop(layout, name):
+            progress(progress_line(name, "stopped", time.monotonic() - t))
+            stopped.append(name)
     if stop_broker_if_ours(layout):
         stopped.append("rabbitmq")
     return stopped
