@@ -1,5 +1,7 @@
 """The API's access log: one line per request (who, what, the status, how long), never a body or a credential.
 
+Successful health probes and metric scrapes are left out: they come every few seconds and would bury the rest.
+
 Each line is written once the answer's last byte is out (``call_on_close``), so logging is not part of the
 caller's wait and the duration includes sending the answer. ``MODELDECK_ACCESS_LOG`` picks ``text`` (key=value
 after the API log's usual prefix), ``json`` (one JSON object per line, for log shippers) or ``off``.
@@ -25,6 +27,8 @@ logger = logging.getLogger("modeldeck.access")
 
 # Blueprints whose <name> is a model's name (in datasources it names a data source).
 _MODEL_BLUEPRINTS = frozenset({"models", "predict", "v2", "monitoring"})
+# Probes and scrapes that orchestrators and Prometheus send every few seconds: logged only when they do not answer 200.
+_PROBES = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"})
 # A text value needs quoting when it could be mistaken for the next field or forge a line (spaces, quotes, newlines).
 _PLAIN = re.compile(r'^[^\s"=\\]+$')
 
@@ -100,6 +104,8 @@ def install(app: Flask, fmt: str) -> None:
 
     @app.after_request
     def _log_on_close(resp: Response) -> Response:
+        if resp.status_code == 200 and request.path in _PROBES:
+            return resp
         principal = g.get("principal")
         model = (request.view_args or {}).get("name") if request.blueprint in _MODEL_BLUEPRINTS else None
         entry = AccessEntry(
