@@ -12,9 +12,9 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from server.services import audit
+from server.services import preload
 from server.http import access_log
 from server.http.api import Api, json_response
-from server.services import preload
 from server.services.request_scope import request_id, run_after_response
 from server.services.auth import Authenticator
 from server.services.keycloak import TokenVerifier
