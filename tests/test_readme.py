@@ -63,7 +63,7 @@ def test_every_relative_link_in_the_readme_points_at_a_file() -> None:
 def test_the_readme_shows_calling_a_model_by_its_alias_and_how_long_the_first_run_takes() -> None:
     text = README.read_text()
     assert '"version": "production"' in text and "/aliases/production" in text
-    assert "The first `up` takes about 2 minutes" in text
+    assert "The first `up` takes about 2–3 minutes" in text
     assert "the suite then takes about 11 minutes" in text and "Debian's `chromium`" in text
 
 
