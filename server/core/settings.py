@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     auth_failure_window_s: float = Field(default=60.0, gt=0)
     cors_origins: tuple[str, ...] = ()
     trusted_proxies: int = Field(default=0, ge=0, le=5)
+    access_log: Literal["text", "json", "off"] = "text"
+    preload_upload_libraries: bool = True
+    embedded_mongo_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
     # Monitoring (docs/monitoring.md).
     metrics_enabled: bool = True
     metrics_flush_interval_s: float = Field(default=5.0, gt=0)

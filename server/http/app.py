@@ -12,6 +12,8 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from server.services import audit
+from server.services import preload
+from server.http import access_log
 from server.http.api import Api, json_response
 from server.services.request_scope import request_id, run_after_response
 from server.services.auth import Authenticator
@@ -49,6 +51,7 @@ def _version() -> str:
 def create_app(settings: Settings, router: Router | None = None) -> Flask:
     """Create and configure the Flask application."""
     app = Flask(__name__)
+    preload.start(settings.preload_upload_libraries)
     # Uploads may be large; JSON bodies have their own, smaller limit (server.http.api.read_json).
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes + 1024 * 1024
     # Spool multipart files to disk past 1 MiB instead of holding them in memory.
@@ -82,6 +85,9 @@ def create_app(settings: Settings, router: Router | None = None) -> Flask:
         app.register_blueprint(api.blueprint)
     app.extensions["modeldeck_openapi"] = build_openapi([op for api in APIS for op in api.operations], _version())
     app.register_blueprint(get_swaggerui_blueprint("/api/docs", "/api/v1/openapi.json", config={"app_name": "ModelDeck API"}))
+    # Serve Swagger UI at /api/docs itself too (its blueprint answers 308 to /api/docs/); its asset URLs are absolute.
+    app.add_url_rule("/api/docs", "swagger_ui_root", app.view_functions["swagger_ui.show"])
+    access_log.install(app, settings.access_log)
     _register_handlers(app)
     return app
 

@@ -8,6 +8,7 @@ from flask import Response, current_app, g, request
 from pydantic import BaseModel, Field
 
 from server.services import audit, predictions
+from server.http import access_log
 from server.http.api import Api, json_response
 from server.services.request_scope import request_id
 from server.core.errors import InvalidInputError
@@ -42,6 +43,7 @@ def predict(name: str, body: PredictBody) -> Response:
         return resp
     result = predictions.predict(ctx, g.principal, name, body.inputs, body.version, request_id(), body.method)
     audit.maybe_record_prediction(name, result.version, len(result.predictions))
+    access_log.note_version(result.version)
     answer = {
         "predictions": result.predictions, "model": result.model, "version": result.version,
         "request_id": result.request_id, "timings": result.timings, "cold_start": result.cold_start,

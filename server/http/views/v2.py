@@ -10,6 +10,7 @@ from flask import Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from server.services import audit, predictions
+from server.http import access_log
 from server.http.api import Api, json_response
 from server.services.request_scope import request_id
 from server.core import models_repo
@@ -146,6 +147,7 @@ def _infer(name: str, version: str | None) -> Response:
     for output, as_binary in _requested_outputs(body, doc):
         result = predictions.predict(ctx, g.principal, name, rows, doc["version"], request_id(), output)
         audit.maybe_record_prediction(name, result.version, len(result.predictions))
+        access_log.note_version(result.version)
         tensor, chunk = encode_output(result.predictions, as_binary, output)
         if result.classes is not None:
             # Parameter values are scalars in the protocol: the labels go as a JSON array in a string.
