@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pymongo.database import Database
+from pymongo.errors import DuplicateKeyError
 
 from server.core import audit_repo
 from server.core.clock import now_iso
@@ -152,6 +153,8 @@ def purge_expired_jobs(db: Database) -> int:
         files = {(job.get("result") or {}).get("artifact"), ((job.get("params") or {}).get("source") or {}).get("artifact")}
         db.jobs.delete_one({"_id": job["_id"]})
         db.job_parts.delete_many({"job": job["_id"]})
+        db.job_chunks.delete_many({"job": job["_id"]})
+        db.job_plans.delete_many({"_id": job["_id"]})
         for sha in files - {None}:
             release_file(db, sha)
     return len(expired)
@@ -166,3 +169,59 @@ def release_file(db: Database, sha256: str) -> bool:
     db.artifacts.delete_one({"_id": sha256})
     db.artifact_chunks.delete_many({"sha256": sha256})
     return True
+
+
+# ---- A batch job split into chunks that every worker of its pool takes a share of ---------------------------------
+
+
+def save_plan(db: Database, job_id: str, chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Store a job's chunk plan once and return the stored one (a redelivered planner keeps the first plan)."""
+    try:
+        db.job_plans.insert_one({"_id": job_id, "job": job_id, "chunks": chunks})
+    except DuplicateKeyError:
+        pass
+    doc = db.job_plans.find_one({"_id": job_id})
+    return list(doc["chunks"]) if doc else chunks
+
+
+def get_plan(db: Database, job_id: str) -> list[dict[str, Any]] | None:
+    """Return a job's stored chunk plan, or None before it was planned."""
+    doc = db.job_plans.find_one({"_id": job_id})
+    return list(doc["chunks"]) if doc else None
+
+
+def record_chunk(db: Database, job_id: str, n: int, rows: int, state: str, worker: str) -> None:
+    """Account for chunk n once: 'done' (its rows are committed), 'skipped' (cancelled or stopped) or 'failed'."""
+    try:
+        db.job_chunks.insert_one({"_id": f"{job_id}_{n}", "job": job_id, "n": n, "rows": rows, "state": state,
+                                  "worker": worker, "at": now_iso()})
+    except DuplicateKeyError:
+        pass  # a redelivered or duplicate run of the chunk; the first account stands
+
+
+def chunk_totals(db: Database, job_id: str) -> dict[str, int]:
+    """Return how many chunks of a job are accounted for, how many are done, and their rows."""
+    totals = {"settled": 0, "done": 0, "rows": 0}
+    for group in db.job_chunks.aggregate([{"$match": {"job": job_id}},
+                                          {"$group": {"_id": "$state", "n": {"$sum": 1}, "rows": {"$sum": "$rows"}}}]):
+        totals["settled"] += group["n"]
+        if group["_id"] == "done":
+            totals["done"], totals["rows"] = group["n"], group["rows"]
+    return totals
+
+
+def advance_progress(db: Database, job_id: str, progress: dict[str, Any]) -> None:
+    """Record progress unless a later account already went further (chunks finish in any order)."""
+    db.jobs.update_one({"_id": job_id, "progress.chunks_done": {"$lt": progress["chunks_done"]}},
+                       {"$set": {"progress": progress, "updated_at": now_iso()}})
+
+
+def stop_job(db: Database, job_id: str, error: dict[str, Any]) -> None:
+    """Stop a split job after a chunk failed: its other chunks are skipped, the first error is the job's."""
+    db.jobs.update_one({"_id": job_id, "status": {"$in": ACTIVE}, "stop_error": {"$exists": False}},
+                       {"$set": {"stop_error": error}})
+
+
+def count_attempt(db: Database, job_id: str) -> None:
+    """Count a redelivered chunk (its worker was lost) as another attempt of the job."""
+    db.jobs.update_one({"_id": job_id}, {"$inc": {"attempts": 1}})

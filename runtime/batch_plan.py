@@ -1,0 +1,151 @@
+"""Split a source into ranges that any worker can score on its own: the chunks of a job spread over a pool.
+
+PostgreSQL: by key ranges (a primary or unique key of any width, or the job's key) found in one ordered pass over
+the key, or, for a table with no key, by ranges of physical blocks (``ctid``, a TID range scan). Parquet files:
+by row ranges. Each range records its first row's position and its row count, so every chunk knows its
+``row_number`` values, and a source that changed while the job ran (a chunk that reads another count) fails
+the job instead of scoring a row twice or never.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from psycopg import sql
+from pymongo.database import Database
+
+from runtime import batch_pg
+from runtime.batch_arrow import BatchError
+from runtime.batch_sources import file_path, key_columns, source_url
+from server.core import files, sqlsource
+from server.core.settings import Settings
+
+Chunk = dict[str, Any]  # {"n", "start", "rows"} and "lo"/"hi" (key text values) or "blocks" ([first, end))
+
+
+def splittable(source: dict[str, Any], postgres: bool) -> bool:
+    """Tell whether a source is read range by range (else in one pass by one worker)."""
+    if source["kind"] == "sql":
+        return postgres and source.get("order") in ("key", "ctid")
+    return source["kind"] == "file" and files.file_format(Path(source["file"])) == "parquet"
+
+
+def _key_plan(conn: Any, relation: sql.Composable, keys: list[str], chunk_rows: int) -> list[Chunk]:
+    cols = sql.SQL(", ").join(map(sql.Identifier, keys))
+    texts = sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(k)) for k in keys)
+    nulls = sql.SQL(", ").join(sql.SQL("NULL") for _ in keys)
+    # One statement, one snapshot: every chunk's first key and the row count agree.
+    query = sql.SQL("SELECT 0, rn, {texts} FROM (SELECT row_number() OVER (ORDER BY {cols}) - 1 AS rn, {cols} FROM {rel}) s "
+                    "WHERE rn % {n} = 0 UNION ALL SELECT 1, count(*), {nulls} FROM {rel}").format(
+        texts=texts, cols=cols, rel=relation, n=sql.Literal(chunk_rows), nulls=nulls)
+    rows = sorted(conn.execute(query).fetchall(), key=lambda r: (r[0], r[1]))
+    total = int(rows[-1][1])
+    starts = [(int(r[1]), list(r[2:])) for r in rows[:-1]]
+    return [{"n": i + 1, "start": start, "rows": min(chunk_rows, total - start), "lo": lo,
+             "hi": starts[i + 1][1] if i + 1 < len(starts) else None} for i, (start, lo) in enumerate(starts)]
+
+
+def _block_plan(conn: Any, relation: sql.Composable, chunk_rows: int) -> list[Chunk]:
+    query = sql.SQL("SELECT (ctid::text::point)[0]::bigint AS b, count(*) FROM {} GROUP BY 1 ORDER BY 1").format(relation)
+    chunks: list[Chunk] = []
+    start = rows = 0
+    first: int | None = None
+    for block, count in conn.execute(query):
+        if first is not None and rows + count > chunk_rows:
+            chunks.append({"n": len(chunks) + 1, "start": start, "rows": rows, "blocks": [first, block]})
+            start, rows, first = start + rows, 0, None
+        first = block if first is None else first
+        rows += count
+    if first is not None:
+        chunks.append({"n": len(chunks) + 1, "start": start, "rows": rows, "blocks": [first, None]})
+    return chunks
+
+
+def _parquet_plan(path: Path, chunk_rows: int) -> list[Chunk]:
+    import pyarrow.parquet as pq
+
+    total = pq.ParquetFile(path).metadata.num_rows
+    return [{"n": i + 1, "start": s, "rows": min(chunk_rows, total - s)} for i, s in enumerate(range(0, total, chunk_rows))]
+
+
+def plan_chunks(settings: Settings, db: Database, source: dict[str, Any], chunk_rows: int) -> list[Chunk]:
+    """Return a source's ranges of at most chunk_rows rows, in source order."""
+    if source["kind"] == "file":
+        return _parquet_plan(file_path(db, source), chunk_rows)
+    url = source_url(settings, db, source["datasource"])
+    with sqlsource.read_only(url, settings.batch_statement_timeout_s) as conn:
+        raw = conn.connection.driver_connection
+        relation = batch_pg.relation_of(source)
+        if source["order"] == "key":
+            return _key_plan(raw, relation, key_columns(source), chunk_rows)
+        return _block_plan(raw, relation, chunk_rows)
+
+
+def _range_filter(source: dict[str, Any], chunk: Chunk, types: dict[str, str]) -> sql.Composable:
+    if "blocks" in chunk:
+        first, end = chunk["blocks"]
+        lower = sql.SQL("ctid >= {}::tid").format(sql.Literal(f"({first},0)"))
+        upper = sql.SQL(" AND ctid < {}::tid").format(sql.Literal(f"({end},0)")) if end is not None else sql.SQL("")
+        return sql.SQL("WHERE {}{} ORDER BY ctid").format(lower, upper)
+    keys = key_columns(source)
+    cols = sql.SQL("({})").format(sql.SQL(", ").join(map(sql.Identifier, keys)))
+
+    def values(texts: list[str]) -> sql.Composable:
+        return sql.SQL("({})").format(sql.SQL(", ").join(
+            sql.SQL("{}::{}").format(sql.Literal(v), sql.SQL(types[k])) for k, v in zip(keys, texts)))
+
+    parts = [sql.SQL("{} >= {}").format(cols, values(chunk["lo"]))]
+    if chunk["hi"] is not None:
+        parts.append(sql.SQL("{} < {}").format(cols, values(chunk["hi"])))
+    return sql.SQL("WHERE {} ORDER BY {}").format(sql.SQL(" AND ").join(parts), sql.SQL(", ").join(map(sql.Identifier, keys)))
+
+
+def read_chunk(settings: Settings, db: Database, source: dict[str, Any], chunk: Chunk, columns: list[str],
+               as_float: set[str]) -> tuple[pa.Table, dict[str, str]]:
+    """Read one planned range's columns; return it and, for PostgreSQL, the columns' types."""
+    if source["kind"] == "file":
+        table, types = _parquet_range(file_path(db, source), chunk, columns), {}
+    else:
+        url = source_url(settings, db, source["datasource"])
+        with sqlsource.read_only(url, settings.batch_statement_timeout_s) as conn:
+            raw = conn.connection.driver_connection
+            pg = batch_pg.source_for(raw, source, list(dict.fromkeys(columns + key_columns(source))))
+            statement = sql.SQL("SELECT {} FROM {} {}").format(sql.SQL(", ").join(map(sql.Identifier, columns)),
+                                                              pg.relation, _range_filter(source, chunk, pg.types))
+            arrow = {c: batch_pg.arrow_type(pg.types[c], c in as_float) for c in columns}
+            table, types = batch_pg.copy_out(raw, statement, arrow), pg.types
+    if table.num_rows != chunk["rows"]:
+        raise BatchError("source_changed", f"chunk {chunk['n']} of the source now has {table.num_rows} rows where the "
+                                           f"job's plan found {chunk['rows']}: the source changed while the job ran "
+                                           "(rows inserted, deleted or updated); run the job again, on a copy that "
+                                           "stays still if the source keeps changing")
+    return table, types
+
+
+def _parquet_range(path: Path, chunk: Chunk, columns: list[str]) -> pa.Table:
+    """Read rows [start, start + rows) of a Parquet file, decoding only the row groups that hold them."""
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    start, end = chunk["start"], chunk["start"] + chunk["rows"]
+    groups, first_row, offset = [], 0, 0
+    for i in range(pf.metadata.num_row_groups):
+        size = pf.metadata.row_group(i).num_rows
+        if first_row < end and first_row + size > start:
+            if not groups:
+                offset = start - first_row
+            groups.append(i)
+        first_row += size
+    batches, skip, want = [], offset, chunk["rows"]
+    for batch in pf.iter_batches(batch_size=max(want, 1024), row_groups=groups, columns=columns):
+        if skip >= batch.num_rows:
+            skip -= batch.num_rows
+            continue
+        batch = batch.slice(skip, want)
+        skip, want = 0, want - batch.num_rows
+        batches.append(batch)
+        if want <= 0:
+            break
+    return pa.Table.from_batches(batches, schema=pf.schema_arrow.empty_table().select(columns).schema)
