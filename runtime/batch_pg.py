@@ -95,8 +95,10 @@ def parse_csv(data: bytes, types: dict[str, pa.DataType]) -> pa.Table:
     if not data:
         return pa.table({n: pa.array([], type=t) for n, t in types.items()})
     return pacsv.read_csv(io.BytesIO(data), read_options=pacsv.ReadOptions(column_names=names, block_size=1 << 24),
-                          convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=True,
-                                                               quoted_strings_can_be_null=False))
+                          convert_options=pacsv.ConvertOptions(
+                              column_types=types, strings_can_be_null=True, quoted_strings_can_be_null=False,
+                              # Only PostgreSQL's NULL (unquoted empty) is null: 'NA' or 'null' are values.
+                              null_values=[""], true_values=["t"], false_values=["f"]))
 
 
 def stream_csv(conn: Any, statement: sql.Composable, types: dict[str, pa.DataType], batch_rows: int) -> Iterator[pa.Table]:
