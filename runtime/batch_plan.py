@@ -110,20 +110,27 @@ def _range_filter(source: dict[str, Any], chunk: Chunk, types: dict[str, str]) -
     return sql.SQL("WHERE {} ORDER BY {}").format(sql.SQL(" AND ").join(parts), sql.SQL(", ").join(map(sql.Identifier, keys)))
 
 
-def read_chunk(settings: Settings, db: Database, source: dict[str, Any], chunk: Chunk, columns: list[str],
-               as_float: set[str]) -> tuple[pa.Table, dict[str, str]]:
-    """Read one planned range's columns; return it and, for PostgreSQL, the columns' types."""
-    if source["kind"] == "file":
-        table, types = _parquet_range(file_path(db, source), chunk, columns), {}
+def locate(settings: Settings, db: Database, source: dict[str, Any]) -> str | Path:
+    """Return where a source's rows are: a SQL data source's URL, or a file's confined path."""
+    return file_path(db, source) if source["kind"] == "file" else source_url(settings, db, source["datasource"])
+
+
+def read_chunk(settings: Settings, where: str | Path, source: dict[str, Any], chunk: Chunk, columns: list[str],
+               as_float: set[str], types: dict[str, str] | None = None) -> tuple[pa.Table, dict[str, str]]:
+    """Read one planned range's columns; return it and, for PostgreSQL, the columns' types (pass them back in
+    for the job's next chunks to skip looking them up)."""
+    if isinstance(where, Path):
+        table, types = _parquet_range(where, chunk, columns), {}
     else:
-        url = source_url(settings, db, source["datasource"])
-        with sqlsource.read_only(url, settings.batch_statement_timeout_s) as conn:
+        with sqlsource.read_only(where, settings.batch_statement_timeout_s) as conn:
             raw = conn.connection.driver_connection
-            pg = batch_pg.source_for(raw, source, list(dict.fromkeys(columns + key_columns(source))))
+            relation = batch_pg.relation_of(source)
+            if types is None:
+                types = batch_pg.source_for(raw, source, list(dict.fromkeys(columns + key_columns(source)))).types
             statement = sql.SQL("SELECT {} FROM {} {}").format(sql.SQL(", ").join(map(sql.Identifier, columns)),
-                                                              pg.relation, _range_filter(source, chunk, pg.types))
-            arrow = {c: batch_pg.arrow_type(pg.types[c], c in as_float) for c in columns}
-            table, types = batch_pg.copy_out(raw, statement, arrow), pg.types
+                                                              relation, _range_filter(source, chunk, types))
+            arrow = {c: batch_pg.arrow_type(types[c], c in as_float) for c in columns}
+            table = batch_pg.copy_out(raw, statement, arrow)
     if table.num_rows != chunk["rows"]:
         raise BatchError("source_changed", f"chunk {chunk['n']} of the source now has {table.num_rows} rows where the "
                                            f"job's plan found {chunk['rows']}: the source changed while the job ran "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pymongo import ReturnDocument
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
@@ -210,10 +211,16 @@ def chunk_totals(db: Database, job_id: str) -> dict[str, int]:
     return totals
 
 
-def advance_progress(db: Database, job_id: str, progress: dict[str, Any]) -> None:
-    """Record progress unless a later account already went further (chunks finish in any order)."""
-    db.jobs.update_one({"_id": job_id, "progress.chunks_done": {"$lt": progress["chunks_done"]}},
-                       {"$set": {"progress": progress, "updated_at": now_iso()}})
+def count_settled(db: Database, job_id: str, rows: int, done: bool) -> dict[str, Any] | None:
+    """Count one more settled chunk and its rows into the job's progress; return the counters after it.
+
+    A chunk redelivered after its worker died counts again, so the counters may run ahead of the distinct chunks
+    (never behind): reaching the total only prompts the exact count from job_chunks (chunk_totals).
+    """
+    return db.jobs.find_one_and_update(
+        {"_id": job_id}, {"$inc": {"settled_count": 1, "progress.rows_done": rows, "progress.chunks_done": int(done)},
+                          "$set": {"updated_at": now_iso()}},
+        projection={"settled_count": 1, "chunks_total": 1}, return_document=ReturnDocument.AFTER)
 
 
 def stop_job(db: Database, job_id: str, error: dict[str, Any]) -> None:

@@ -186,6 +186,11 @@ def main() -> None:
             second = start_worker(stack, "cpu")
             procs.append(second)
             pids = [first.popen.pid, second.popen.pid]
+            # Let the new worker import its libraries and load the model (chunks of 50 rows reach both workers).
+            time.sleep(3)
+            for i in range(2):
+                run_job(client, {"model": "bench-iris", "chunk_rows": 50, "source": {"datasource": "warehouse", "query": "SELECT * FROM source_rows WHERE id <= 2000", "key": "id"},
+                                 "destination": {"datasource": "warehouse", "table": f"warm_{r}_{i}"}}, pids)
             two = run_job(client, {**body, "destination": {"datasource": "warehouse", "table": f"scores2_{r}"}}, pids)
             check_output(pg_url, f"scores2_{r}", args.rows)
             results.append(("ModelDeck, PostgreSQL -> PostgreSQL, 2 workers", two["seconds"], two))
