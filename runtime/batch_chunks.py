@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,12 +64,17 @@ def context(state: WorkerState, job_id: str) -> JobContext | None:
 def _score_and_write(state: WorkerState, ctx: JobContext, chunk: Chunk) -> None:
     params = ctx.job["params"]
     as_float = set(params["features"]) if numeric(params) else set()
+    started = time.perf_counter()
     table, ctx.types = read_chunk(state.settings, ctx.where, params["source"], chunk, columns_read(params), as_float, ctx.types)
+    read = time.perf_counter()
     out = score_chunk(state, params, table, chunk["start"])
+    scored = time.perf_counter()
     if isinstance(ctx.sink, SqlSink):
         ctx.sink.source_types = ctx.types or {}  # the first chunk creates the table with the source's column types
     # False: another run committed this chunk first; it holds the same rows.
     ctx.sink.write(chunk["n"], out, chunk["start"] + chunk["rows"])
+    logger.debug("job %s chunk %d: %d rows, read %.1f ms, score %.1f ms, write %.1f ms", ctx.job["_id"], chunk["n"],
+                 table.num_rows, (read - started) * 1000, (scored - read) * 1000, (time.perf_counter() - scored) * 1000)
 
 
 def run_chunk(state: WorkerState, job_id: str, chunk: Chunk, redelivered: bool = False) -> None:
@@ -92,9 +98,11 @@ def run_chunk(state: WorkerState, job_id: str, chunk: Chunk, redelivered: bool =
             jobs_repo.stop_job(db, job_id, describe(state, ctx.job, exc))
             outcome = "failed"
     rows = chunk["rows"] if outcome == "done" else 0
+    accounted = time.perf_counter()
     jobs_repo.record_chunk(db, job_id, n, rows, outcome, WORKER)
     counted = jobs_repo.count_settled(db, job_id, rows, outcome == "done")
     # The counter may run ahead of the distinct chunks (a redelivered chunk counts again), never behind.
+    logger.debug("job %s chunk %d %s, accounted in %.1f ms", job_id, n, outcome, (time.perf_counter() - accounted) * 1000)
     if counted is not None and counted["settled_count"] >= counted.get("chunks_total", 0):
         settle(state, ctx)
 
