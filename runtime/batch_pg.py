@@ -39,11 +39,12 @@ class PgSource:
 def render_query(query: str, params: dict[str, Any]) -> str:
     """Return a user query with its :name parameters rendered as quoted literals."""
     statement = text(query)
-    missing = sorted(set(statement._bindparams) - set(params))  # noqa: SLF001 - the names text() parsed
+    names = set(statement.compile().params)  # the :name parameters text() found
+    missing = sorted(names - set(params))
     if missing:
         raise InvalidInputError(f"field 'source.params': the query uses :{missing[0]}, which has no value in "
                                 f"'source.params' (got {sorted(params)})")
-    bound = statement.bindparams(**{k: v for k, v in params.items() if k in statement._bindparams})  # noqa: SLF001
+    bound = statement.bindparams(**{k: v for k, v in params.items() if k in names})
     return str(bound.compile(dialect=_DIALECT, compile_kwargs={"literal_binds": True}))
 
 
