@@ -64,7 +64,9 @@ def engine_for(url: str) -> Engine:
         if engine is None:
             parsed = parse_url(url)
             # SQLite's pools are per thread or per file and take no size.
-            sizes = {} if parsed.get_backend_name() == "sqlite" else {"pool_size": 2, "max_overflow": 4}
+            # Four kept: a worker's threads (MODELDECK_WORKER_CONCURRENCY, 4 by default) each hold one connection per
+            # batch chunk; with fewer, every chunk would open and close a PostgreSQL backend.
+            sizes = {} if parsed.get_backend_name() == "sqlite" else {"pool_size": 4, "max_overflow": 4}
             engine = create_engine(parsed, pool_pre_ping=True, hide_parameters=True, **sizes)
             _engines[url] = engine
         return engine

@@ -66,9 +66,13 @@ def make_parquet(url: str, path: Path) -> None:
 
 
 class Sampler:
-    """Peak RSS and CPU seconds of worker processes while a job runs."""
+    """Peak RSS and CPU seconds of worker processes while a job runs; CPU of the PostgreSQL backends serving the
+    bench's database and of the whole machine, to tell a saturated machine from a slow program."""
 
-    def __init__(self, pids: list[int]) -> None:
+    def __init__(self, pids: list[int], pg_url: str) -> None:
+        self.pg = psycopg.connect(pg_url, autocommit=True)
+        self.backends: dict[int, tuple[psutil.Process, float]] = {}
+        self.machine0 = psutil.cpu_times()
         self.procs = [psutil.Process(p) for p in pids]
         self.base = [p.memory_info().rss for p in self.procs]
         self.peak = list(self.base)
@@ -77,22 +81,56 @@ class Sampler:
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
+    def _backends(self) -> None:
+        rows = self.pg.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                               "AND pid <> pg_backend_pid()").fetchall()
+        for (pid,) in rows:
+            if pid not in self.backends:
+                try:
+                    proc = psutil.Process(pid)
+                    self.backends[pid] = (proc, sum(proc.cpu_times()[:2]))
+                except psutil.Error:
+                    pass
+
     def _run(self) -> None:
+        n = 0
         while not self.stop.is_set():
             for i, p in enumerate(self.procs):
-                self.peak[i] = max(self.peak[i], p.memory_info().rss)
+                try:
+                    self.peak[i] = max(self.peak[i], p.memory_info().rss)
+                except psutil.Error:
+                    pass  # the hand-written script has exited
+            if n % 5 == 0:
+                self._backends()
+            n += 1
             time.sleep(0.05)
 
     def done(self) -> dict[str, Any]:
         self.stop.set()
         self.thread.join()
-        cpu = [sum(p.cpu_times()[:2]) - c for p, c in zip(self.procs, self.cpu0)]
-        return {"rss_before_mib": [round(b / 2**20) for b in self.base], "rss_peak_mib": [round(b / 2**20) for b in self.peak],
+        cpu = []
+        for p, c in zip(self.procs, self.cpu0):
+            try:
+                cpu.append(sum(p.cpu_times()[:2]) - c)
+            except psutil.Error:
+                cpu.append(float("nan"))
+        pg_cpu = 0.0
+        for proc, before in self.backends.values():
+            try:
+                pg_cpu += sum(proc.cpu_times()[:2]) - before
+            except psutil.Error:
+                pass
+        self.pg.close()
+        now = psutil.cpu_times()
+        busy = sum(now) - now.idle - now.iowait - (sum(self.machine0) - self.machine0.idle - self.machine0.iowait)
+        total = sum(now) - sum(self.machine0)
+        return {"pg_cpu_s": round(pg_cpu, 2), "machine_busy": busy / total if total else 0.0,
+                "rss_before_mib": [round(b / 2**20) for b in self.base], "rss_peak_mib": [round(b / 2**20) for b in self.peak],
                 "worker_cpu_s": [round(c, 2) for c in cpu]}
 
 
-def run_job(client: Client, body: dict[str, Any], pids: list[int]) -> dict[str, Any]:
-    sampler = Sampler(pids)
+def run_job(client: Client, body: dict[str, Any], pids: list[int], pg_url: str) -> dict[str, Any]:
+    sampler = Sampler(pids, pg_url)
     started = time.perf_counter()
     resp = client.post("/api/v1/jobs", json=body)
     assert resp.status_code == 202, resp.text
@@ -106,9 +144,18 @@ def run_job(client: Client, body: dict[str, Any], pids: list[int]) -> dict[str, 
 
 
 def handwritten(pg_url: str, out: str, model_path: Path) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, str(HERE / "handwritten_batch.py"), pg_url, "source_rows", out, str(model_path)],
-                          capture_output=True, text=True, check=True)
-    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+    proc = subprocess.Popen([sys.executable, str(HERE / "handwritten_batch.py"), pg_url, "source_rows", out, str(model_path)],
+                            stdout=subprocess.PIPE, text=True)
+    sampler = Sampler([proc.pid], pg_url)
+    stdout = proc.stdout.read() if proc.stdout else ""
+    _, status, usage = os.wait4(proc.pid, 0)  # the child's own CPU time, read as it is reaped
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    stats = sampler.done()
+    assert proc.returncode == 0, stdout
+    timings = json.loads(stdout.strip().splitlines()[-1])
+    # Its CPU while measured (process_time around the work, not its imports); the whole process's for reference.
+    return {**timings, **stats, "worker_cpu_s": [round(timings["cpu_s"], 2)],
+            "process_cpu_s": round(usage.ru_utime + usage.ru_stime, 2)}
 
 
 def check_output(pg_url: str, table: str, rows: int) -> None:
@@ -155,8 +202,6 @@ def main() -> None:
         X, y = load_iris(return_X_y=True)
         model_bytes = sio.dumps(LogisticRegression(max_iter=500).fit(X, y))
         (tmp / "model.skops").write_bytes(model_bytes)
-        first = start_worker(stack, "cpu")
-        procs.append(first)
         api, url = start_api(stack)
         procs.append(api)
         _, admin_key = keys_repo.create_key(db, "bench", "admin", None, None, "bench")
@@ -164,56 +209,66 @@ def main() -> None:
         assert client.upload("bench-iris", model_bytes, input_schema=IRIS_SCHEMA).status_code == 201
         assert client.post("/api/v1/datasources", json={"name": "warehouse", "kind": "sql", "url": pg_url}).status_code == 201
         assert client.post("/api/v1/datasources", json={"name": "lake", "kind": "file", "path": str(tmp / "data")}).status_code == 201
-        # Warm the model into the worker's cache, so no run pays the first load.
-        warm = run_job(client, {"model": "bench-iris", "source": {"datasource": "warehouse", "query": "SELECT * FROM source_rows WHERE id <= 10", "key": "id"},
-                                "destination": {"format": "csv"}}, [first.popen.pid])
-        assert warm["job"]["status"] == "succeeded"
         results: list[tuple[str, float, dict[str, Any]]] = []
-        second: Proc | None = None
+        warmed = 0
+
+        def warm(workers: list[Proc]) -> None:
+            """Let new workers import their libraries and load the model (chunks of 50 rows reach every worker)."""
+            nonlocal warmed
+            time.sleep(3)
+            for _ in range(2):
+                warmed += 1
+                run_job(client, {"model": "bench-iris", "chunk_rows": 50, "source": {
+                    "datasource": "warehouse", "query": "SELECT * FROM source_rows WHERE id <= 2000", "key": "id"},
+                    "destination": {"datasource": "warehouse", "table": f"warm_{warmed}"}}, [w.popen.pid for w in workers], pg_url)
+
+        def score(name: str, workers: list[Proc], source: dict[str, Any], table: str) -> None:
+            info = run_job(client, {"model": "bench-iris", "chunk_rows": args.chunk_rows, "source": source,
+                                    "destination": {"datasource": "warehouse", "table": table}}, [w.popen.pid for w in workers], pg_url)
+            check_output(pg_url, table, args.rows)
+            results.append((name, info["seconds"], info))
+
+        table = {"datasource": "warehouse", "table": "source_rows"}
         for r in range(args.rounds):
             hw = handwritten(pg_url, f"hand_{r}", tmp / "model.skops")
-            check_output_hw = hw["rows"] == args.rows
-            assert check_output_hw, hw
-            results.append(("hand-written script (1 process)", hw["seconds"], {"detail": {k: round(v, 3) for k, v in hw.items() if k != "rows"}}))
-            if second is not None:
-                second.stop()
-                procs.remove(second)
-                second = None
-            body = {"model": "bench-iris", "chunk_rows": args.chunk_rows, "source": {"datasource": "warehouse", "table": "source_rows"}}
-            one = run_job(client, {**body, "destination": {"datasource": "warehouse", "table": f"scores1_{r}"}}, [first.popen.pid])
-            check_output(pg_url, f"scores1_{r}", args.rows)
-            results.append(("ModelDeck, PostgreSQL -> PostgreSQL, 1 worker", one["seconds"], one))
-            second = start_worker(stack, "cpu")
-            procs.append(second)
-            pids = [first.popen.pid, second.popen.pid]
-            # Let the new worker import its libraries and load the model (chunks of 50 rows reach both workers).
-            time.sleep(3)
-            for i in range(2):
-                run_job(client, {"model": "bench-iris", "chunk_rows": 50, "source": {"datasource": "warehouse", "query": "SELECT * FROM source_rows WHERE id <= 2000", "key": "id"},
-                                 "destination": {"datasource": "warehouse", "table": f"warm_{r}_{i}"}}, pids)
-            two = run_job(client, {**body, "destination": {"datasource": "warehouse", "table": f"scores2_{r}"}}, pids)
-            check_output(pg_url, f"scores2_{r}", args.rows)
-            results.append(("ModelDeck, PostgreSQL -> PostgreSQL, 2 workers", two["seconds"], two))
-            lake = run_job(client, {"model": "bench-iris", "chunk_rows": args.chunk_rows, "source": {
-                "datasource": "lake", "file": "rows.parquet", "keep": ["id"]},
-                "destination": {"datasource": "warehouse", "table": f"pq_scores2_{r}"}}, pids)
-            check_output(pg_url, f"pq_scores2_{r}", args.rows)
-            results.append(("ModelDeck, Parquet file -> PostgreSQL, 2 workers", lake["seconds"], lake))
+            assert hw["rows"] == args.rows, hw
+            phases = {k: round(hw[k], 2) for k in ("copy_out", "parse", "predict", "write_copy_in")}
+            results.append(("hand-written script (1 process)", hw["seconds"], {**hw, "detail": f"; phases (s) {phases}"}))
+            for threads in (str(settings.worker_concurrency), "1"):
+                label = f"{threads} thread{'s' if threads != '1' else ''} each"
+                workers = [start_worker(stack, "cpu", MODELDECK_WORKER_CONCURRENCY=threads)]
+                procs.extend(workers)
+                warm(workers)
+                score(f"ModelDeck PG -> PG, 1 worker ({label})", workers, table, f"s1_{threads}_{r}")
+                workers.append(start_worker(stack, "cpu", MODELDECK_WORKER_CONCURRENCY=threads))
+                procs.append(workers[-1])
+                warm(workers)
+                score(f"ModelDeck PG -> PG, 2 workers ({label})", workers, table, f"s2_{threads}_{r}")
+                if threads != "1":
+                    score(f"ModelDeck Parquet -> PG, 2 workers ({label})", workers,
+                          {"datasource": "lake", "file": "rows.parquet", "keep": ["id"]}, f"pq_{r}")
+                for w in workers:
+                    w.stop()
+                    procs.remove(w)
         print(f"\n{args.rows:,} rows, chunks of {args.chunk_rows:,}; load average after: "
               + " ".join(f"{v:.2f}" for v in os.getloadavg()))
-        print(f"{'run':<50} {'seconds':>8} {'rows/s':>10} {'x script':>9} {'x 1 worker':>11}  worker RSS before -> peak (MiB), worker CPU s")
+        print(f"{'run':<52} {'seconds':>8} {'rows/s':>10} {'x script':>9} {'x 1 worker':>11}  worker RSS before -> peak (MiB); CPU")
         script = one_worker = None
         for name, seconds, info in results:
             rate = args.rows / seconds
             if name.startswith("hand-written"):
                 script = rate
-            if name.endswith("1 worker"):
+            if "1 worker" in name:
                 one_worker = rate
             mem = "" if "rss_peak_mib" not in info else (
                 ", ".join(f"{b} -> {p} (+{p - b})" for b, p in zip(info["rss_before_mib"], info["rss_peak_mib"]))
-                + f"; CPU {info['worker_cpu_s']}")
+                + f"; worker CPU {info['worker_cpu_s']} s, PostgreSQL backends {info['pg_cpu_s']} s, "
+                f"machine busy {info['machine_busy']:.0%}")
             extra = info.get("detail", "")
-            print(f"{name:<50} {seconds:>8.2f} {rate:>10,.0f} {rate / script:>9.2f} "
+            if name.startswith("hand"):
+                mem = (f"its RSS peak {info['rss_peak_mib'][0]} MiB; its CPU {info['worker_cpu_s']} s, PostgreSQL backends "
+                       f"{info['pg_cpu_s']} s, machine busy {info['machine_busy']:.0%}")
+            print(f"{name:<52} {seconds:>8.2f} {rate:>10,.0f} {rate / script:>9.2f} "
                   f"{(rate / one_worker) if one_worker and not name.startswith('hand') else float('nan'):>11.2f}  {mem}{extra}")
     finally:
         for proc in reversed(procs):

@@ -21,7 +21,7 @@ FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 
 def main(url: str, source: str, out: str, model_path: str) -> None:
     model = sio.load(model_path, trusted=sio.get_untrusted_types(file=model_path))
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     with psycopg.connect(url) as conn:
         buf = io.BytesIO()
         with conn.cursor().copy(f"COPY (SELECT id, {', '.join(FEATURES)} FROM {source}) TO STDOUT (FORMAT csv)") as copy:
@@ -42,7 +42,8 @@ def main(url: str, source: str, out: str, model_path: str) -> None:
         conn.commit()
         t4 = time.perf_counter()
     print(json.dumps({"rows": table.num_rows, "seconds": t4 - t0, "copy_out": t1 - t0, "parse": t2 - t1,
-                      "predict": t3 - t2, "write_copy_in": t4 - t3}))
+                      "predict": t3 - t2, "write_copy_in": t4 - t3,
+                      "cpu_s": time.process_time() - cpu0}))
 
 
 if __name__ == "__main__":
