@@ -187,3 +187,33 @@ def test_a_not_null_unique_column_is_the_key_when_there_is_no_primary_key(operat
     lines = operator.get(f"/api/v1/jobs/{job['id']}/result").text.splitlines()
     assert lines[0] == "\"row_number\",\"tag\",\"prediction\"" and lines[1].startswith("0,\"r000001\",")
     assert len(lines) == 1000
+
+
+@pytest.mark.parametrize("key_sql,order", [("id INTEGER PRIMARY KEY", "key"), ("id INTEGER", "none")])
+def test_another_database_is_scored_through_sqlalchemy_in_one_pass(stack: Stack, admin: Client, operator: Client,
+                                                                  pool: tuple[str, str, list[Proc]], iris: Any,
+                                                                  key_sql: str, order: str) -> None:
+    """The fallback path: a SQLite table into another SQLite database, read and written through SQLAlchemy (one file
+    for both would lock: SQLite lets no writer commit while the source's reading statement is open)."""
+    import sqlite3
+
+    _, model, _ = pool
+    path = stack.tmp / f"{unique('lite')}.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"CREATE TABLE flowers ({key_sql}, " + ", ".join(f"{f} REAL" for f in IRIS_FEATURES) + ")")
+        conn.executemany("INSERT INTO flowers VALUES (?, ?, ?, ?, ?)",
+                         [(i + 1, *map(float, row)) for i, row in enumerate(iris[1])])
+    name, out = unique("lite"), unique("lite-out")
+    for ds, file in ((name, path), (out, path.with_suffix(".out.db"))):
+        assert admin.post("/api/v1/datasources", json={"name": ds, "kind": "sql", "url": f"sqlite:///{file}",
+                                                       "writers": ["operator"]}).status_code == 201
+    job = wait_done(operator, start(operator, {"model": model, "source": {"datasource": name, "table": "flowers", "keep": ["id"]},
+                                               "destination": {"datasource": out, "table": "scores"}, "chunk_rows": 40}))
+    assert job["status"] == "succeeded", job["error"]
+    assert job["source"]["order"] == order and job["progress"]["chunks_done"] == 4
+    with sqlite3.connect(path.with_suffix(".out.db")) as conn:
+        rows = conn.execute("SELECT row_number, id, prediction FROM scores ORDER BY id").fetchall()
+        markers = conn.execute("SELECT count(*), max(rows_done) FROM modeldeck_job_chunks").fetchall()
+    assert [r[:2] for r in rows] == [(i, i + 1) for i in range(150)]
+    assert [r[2] for r in rows] == iris[0].predict(iris[1]).tolist()
+    assert markers == [(4, 150)]
