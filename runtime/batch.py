@@ -18,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from runtime import batch_plan
 from runtime.batch_arrow import BatchError
-from runtime.batch_score import carried, columns_read, numeric, score_chunk
+from runtime.batch_score import columns_read, numeric, score_chunk
 from runtime.batch_sinks import FileSink, Sink, SqlSink
 from runtime.batch_sources import Committed, count_rows, key_columns, read_chunks, source_url
 from runtime.state import WorkerState
@@ -72,9 +72,7 @@ def finish(state: WorkerState, job: dict[str, Any], result: dict[str, Any] | Non
     """Store a job's outcome and its audit entry once; return whether this call stored it."""
     job_id = job["_id"]
     if not jobs_repo.finish_job(state.db, job_id, result=result, error=error, status=status):
-        if jobs_repo.record_missing_finish(state.db, job_id):
-            logger.warning("job %s was finished by a worker that died before auditing it; job.finish recorded now", job_id)
-        return False
+        return False  # another chunk settled it at the same moment, and audits it
     progress = jobs_repo.get_job(state.db, job_id).get("progress") or {}
     jobs_repo.record_event(state.db, job, "job.finish", "success" if status == "succeeded" else status,
                            {"kind": "batch", "status": status, "rows_done": progress.get("rows_done"),
@@ -110,8 +108,7 @@ def score_in_one_pass(state: WorkerState, job: dict[str, Any]) -> dict[str, Any]
         jobs_repo.set_progress(db, job_id, progress)
     if jobs_repo.job_status(db, job_id) == "cancelling":
         return None
-    result = sink.finish(done.rows, done.chunks)
-    return result
+    return sink.finish(done.rows, done.chunks)
 
 
 def plan_and_fan_out(state: WorkerState, job: dict[str, Any]) -> None:
@@ -154,5 +151,3 @@ def run_batch(state: WorkerState, job: dict[str, Any]) -> None:
     elif finish(state, job, result, None, "succeeded"):
         open_sink(state, job).cleanup()
 
-
-__all__ = ["BatchError", "carried", "finish", "open_sink", "run_batch"]
