@@ -34,16 +34,26 @@ def splittable(source: dict[str, Any], postgres: bool) -> bool:
 
 
 def _key_plan(conn: Any, relation: sql.Composable, keys: list[str], chunk_rows: int) -> list[Chunk]:
+    """Find every chunk_rows-th key by walking a cursor over the key in order: the server skips the rows between
+    (MOVE sends nothing back), one snapshot sees every boundary and the total."""
     cols = sql.SQL(", ").join(map(sql.Identifier, keys))
-    texts = sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(k)) for k in keys)
-    nulls = sql.SQL(", ").join(sql.SQL("NULL") for _ in keys)
-    # One statement, one snapshot: every chunk's first key and the row count agree.
-    query = sql.SQL("SELECT 0, rn, {texts} FROM (SELECT row_number() OVER (ORDER BY {cols}) - 1 AS rn, {cols} FROM {rel}) s "
-                    "WHERE rn % {n} = 0 UNION ALL SELECT 1, count(*), {nulls} FROM {rel}").format(
-        texts=texts, cols=cols, rel=relation, n=sql.Literal(chunk_rows), nulls=nulls)
-    rows = sorted(conn.execute(query).fetchall(), key=lambda r: (r[0], r[1]))
-    total = int(rows[-1][1])
-    starts = [(int(r[1]), list(r[2:])) for r in rows[:-1]]
+    # Aliased: ORDER BY must name the key columns, not text outputs of the same name (text sorts differently).
+    texts = sql.SQL(", ").join(sql.SQL("{}::text AS {}").format(sql.Identifier(k), sql.Identifier(f"modeldeck_k{i}"))
+                               for i, k in enumerate(keys))
+    starts: list[tuple[int, list[str]]] = []
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("DECLARE modeldeck_plan NO SCROLL CURSOR FOR SELECT {} FROM {} ORDER BY {}").format(
+            texts, relation, cols))
+        total = 0
+        while True:
+            cur.execute("FETCH 1 FROM modeldeck_plan")
+            row = cur.fetchone()
+            if row is None:
+                break
+            starts.append((total, list(row)))
+            cur.execute(sql.SQL("MOVE FORWARD {} IN modeldeck_plan").format(sql.Literal(chunk_rows - 1)))
+            total += 1 + max(cur.rowcount, 0)
+        cur.execute("CLOSE modeldeck_plan")
     return [{"n": i + 1, "start": start, "rows": min(chunk_rows, total - start), "lo": lo,
              "hi": starts[i + 1][1] if i + 1 < len(starts) else None} for i, (start, lo) in enumerate(starts)]
 
