@@ -25,6 +25,8 @@ def shapes(postgres: Postgres) -> Postgres:
         CREATE VIEW plan_view AS SELECT * FROM plan_plain;
         INSERT INTO plan_plain SELECT g FROM generate_series(1, 2500) g;
         INSERT INTO plan_pk SELECT g % 5, 'k' || g, g FROM generate_series(1, 1000) g;
+        CREATE TABLE plan_ints (id int PRIMARY KEY);
+        INSERT INTO plan_ints SELECT g FROM generate_series(1, 2500) g;
     """)
     postgres.execute("VACUUM ANALYZE plan_plain")
     return postgres
@@ -66,6 +68,12 @@ def test_key_ranges_cover_every_row_once_in_key_order(stack: Stack, shapes: Post
         table, _ = read_chunk(stack.settings, shapes.url, source, chunk, ["a", "b"], set())
         seen += list(zip(table["a"].to_pylist(), table["b"].to_pylist()))
     assert seen == sorted((g % 5, f"k{g}") for g in range(1, 1001))
+
+
+def test_an_integer_key_is_split_in_numeric_order_not_as_text(shapes: Postgres) -> None:
+    chunks = plan(shapes, {"kind": "sql", "table": "plan_ints", "key": ["id"], "order": "key"}, 1000)
+    assert [(c["lo"], c["hi"], c["rows"]) for c in chunks] == [
+        (["1"], ["1001"], 1000), (["1001"], ["2001"], 1000), (["2001"], None, 500)]
 
 
 def test_block_ranges_cover_every_row_once_and_a_changed_table_fails_the_chunk(stack: Stack, shapes: Postgres) -> None:
