@@ -32,7 +32,10 @@ def columns_read(params: dict[str, Any]) -> list[str]:
 def score_chunk(state: WorkerState, params: dict[str, Any], table: pa.Table, first_row: int) -> pa.Table:
     """Return a chunk's output table (row_number, carried columns, prediction); raise BatchError when it cannot."""
     features = params["features"]
-    rows: Any = numeric_matrix(table, features, first_row) if numeric(params) else feature_rows(table, features)
+    # A model without a schema whose columns all arrive as numbers takes the same array it would have built itself.
+    as_numbers = numeric(params) or (not params.get("feature_types") and all(
+        pa.types.is_integer(t) or pa.types.is_floating(t) for t in (table.schema.field(f).type for f in features)))
+    rows: Any = numeric_matrix(table, features, first_row) if as_numbers else feature_rows(table, features)
     # run_prediction's model runner takes any 2-D sequence: an ndarray goes to the model without a copy.
     outcome = run_prediction(state, wire.PredictRequest(model=params["model_ref"], rows=cast(list[list[Any]], rows)))
     if not outcome.ok:
