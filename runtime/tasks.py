@@ -8,6 +8,7 @@ from celery import shared_task
 from celery.utils.log import get_task_logger
 
 from runtime.batch import run_batch
+from runtime.batch_chunks import run_chunk
 from runtime.inference import run_prediction
 from runtime.state import get_state
 from server.core import jobs_repo, wire
@@ -61,6 +62,20 @@ def batch_job(job_id: str) -> None:
         state.busy += 1
     try:
         run_batch(state, job)
+    finally:
+        with state.lock:
+            state.busy -= 1
+
+
+@shared_task(name=wire.BATCH_CHUNK_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def batch_chunk(self: Any, job_id: str, chunk: dict[str, Any]) -> None:
+    """Score one planned chunk of a batch job; a redelivered or duplicate one is committed at most once."""
+    state = get_state()
+    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+    with state.lock:
+        state.busy += 1
+    try:
+        run_chunk(state, job_id, chunk, redelivered)
     finally:
         with state.lock:
             state.busy -= 1

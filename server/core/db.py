@@ -60,6 +60,7 @@ def ensure_indexes(db: Database) -> None:
     db.workers.create_index([("pool", ASCENDING)], name="workers_by_pool")
     db.artifact_chunks.create_index([("sha256", ASCENDING), ("n", ASCENDING)], name="chunks_by_artifact")
     db.job_parts.create_index([("job", ASCENDING), ("n", DESCENDING)], name="job_parts_by_job")
+    db.job_chunks.create_index([("job", ASCENDING)], name="job_chunks_by_job")
     ensure_audit_indexes(db)
     ensure_authfail_indexes(db)
     ensure_metrics_indexes(db)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from pymongo import ReturnDocument
 from pymongo.database import Database
+from pymongo.errors import DuplicateKeyError
 
 from server.core import audit_repo
 from server.core.clock import now_iso
@@ -166,6 +168,8 @@ def purge_expired_jobs(db: Database) -> int:
         files = {(job.get("result") or {}).get("artifact"), ((job.get("params") or {}).get("source") or {}).get("artifact")}
         db.jobs.delete_one({"_id": job["_id"]})
         db.job_parts.delete_many({"job": job["_id"]})
+        db.job_chunks.delete_many({"job": job["_id"]})
+        db.job_plans.delete_many({"_id": job["_id"]})
         for sha in files - {None}:
             release_file(db, sha)
     return len(expired)
@@ -180,3 +184,65 @@ def release_file(db: Database, sha256: str) -> bool:
     db.artifacts.delete_one({"_id": sha256})
     db.artifact_chunks.delete_many({"sha256": sha256})
     return True
+
+
+# ---- A batch job split into chunks that every worker of its pool takes a share of ---------------------------------
+
+
+def save_plan(db: Database, job_id: str, chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Store a job's chunk plan once and return the stored one (a redelivered planner keeps the first plan)."""
+    try:
+        db.job_plans.insert_one({"_id": job_id, "job": job_id, "chunks": chunks})
+    except DuplicateKeyError:
+        pass
+    doc = db.job_plans.find_one({"_id": job_id})
+    return list(doc["chunks"]) if doc else chunks
+
+
+def get_plan(db: Database, job_id: str) -> list[dict[str, Any]] | None:
+    """Return a job's stored chunk plan, or None before it was planned."""
+    doc = db.job_plans.find_one({"_id": job_id})
+    return list(doc["chunks"]) if doc else None
+
+
+def record_chunk(db: Database, job_id: str, n: int, rows: int, state: str, worker: str) -> None:
+    """Account for chunk n once: 'done' (its rows are committed), 'skipped' (cancelled or stopped) or 'failed'."""
+    try:
+        db.job_chunks.insert_one({"_id": f"{job_id}_{n}", "job": job_id, "n": n, "rows": rows, "state": state,
+                                  "worker": worker, "at": now_iso()})
+    except DuplicateKeyError:
+        pass  # a redelivered or duplicate run of the chunk; the first account stands
+
+
+def chunk_totals(db: Database, job_id: str) -> dict[str, int]:
+    """Return how many chunks of a job are accounted for, how many are done, and their rows."""
+    totals = {"settled": 0, "done": 0, "rows": 0}
+    for group in db.job_chunks.aggregate([{"$match": {"job": job_id}},
+                                          {"$group": {"_id": "$state", "n": {"$sum": 1}, "rows": {"$sum": "$rows"}}}]):
+        totals["settled"] += group["n"]
+        if group["_id"] == "done":
+            totals["done"], totals["rows"] = group["n"], group["rows"]
+    return totals
+
+
+def count_settled(db: Database, job_id: str, rows: int, done: bool) -> dict[str, Any] | None:
+    """Count one more settled chunk and its rows into the job's progress; return the counters after it.
+
+    A chunk redelivered after its worker died counts again, so the counters may run ahead of the distinct chunks
+    (never behind): reaching the total only prompts the exact count from job_chunks (chunk_totals).
+    """
+    return db.jobs.find_one_and_update(
+        {"_id": job_id}, {"$inc": {"settled_count": 1, "progress.rows_done": rows, "progress.chunks_done": int(done)},
+                          "$set": {"updated_at": now_iso()}},
+        projection={"settled_count": 1, "chunks_total": 1}, return_document=ReturnDocument.AFTER)
+
+
+def stop_job(db: Database, job_id: str, error: dict[str, Any]) -> None:
+    """Stop a split job after a chunk failed: its other chunks are skipped, the first error is the job's."""
+    db.jobs.update_one({"_id": job_id, "status": {"$in": ACTIVE}, "stop_error": {"$exists": False}},
+                       {"$set": {"stop_error": error}})
+
+
+def count_attempt(db: Database, job_id: str) -> None:
+    """Count a redelivered chunk (its worker was lost) as another attempt of the job."""
+    db.jobs.update_one({"_id": job_id}, {"$inc": {"attempts": 1}})

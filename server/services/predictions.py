@@ -158,4 +158,5 @@ def job_view(job: dict[str, Any], principal: Principal) -> dict[str, Any]:
 
 def _summary(source: dict[str, Any]) -> dict[str, Any]:
     """Return what a job view shows of a batch source (its query text and parameters stay with the job)."""
-    return {k: source.get(k) for k in ("kind", "datasource", "table", "file", "filename", "key") if source.get(k) is not None}
+    return {k: source.get(k) for k in ("kind", "datasource", "table", "file", "filename", "key", "order")
+            if source.get(k) is not None}
