@@ -14,7 +14,7 @@ from server.services.auth import Principal
 from server.services.context import Context
 from server.core import datasources_repo, files, jobs_repo, sqlsource, wire
 from server.core.model_info import PROBA_METHODS
-from server.core.errors import ConflictError, InvalidInputError, UnavailableError, UnprocessableError
+from server.core.errors import ConflictError, InvalidInputError, UnprocessableError
 from server.services.datasources import require_access, url_of
 
 Scalar = str | int | float | bool | None
@@ -173,9 +173,4 @@ def submit_batch(ctx: Context, principal: Principal, model: str, ref: int | str 
               "chunk_rows": chunk_rows or ctx.settings.batch_chunk_rows}
     progress = {"rows_done": 0, "rows_total": None, "chunks_done": 0}
     job = jobs_repo.create_job(ctx.db, job_id, "batch", principal.subject, params, ctx.settings.batch_result_ttl_s, progress)
-    try:
-        ctx.router.send(doc["pool"], wire.BATCH_JOB_TASK, [job_id], job_id)
-    except UnavailableError:
-        jobs_repo.delete_job(ctx.db, job_id)
-        raise
-    return job
+    return predictions.queue_job(ctx, doc["pool"], wire.BATCH_JOB_TASK, job)

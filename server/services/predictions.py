@@ -141,11 +141,18 @@ def submit_job(ctx: Context, principal: Principal, name: str, inputs: Any, ref: 
     check_pool(ctx, doc)
     job_id = "job_" + uuid.uuid4().hex
     params = {"model": name, "version": doc["version"], "method": method, "request": request.to_dict()}
-    job = jobs_repo.create_job(ctx.db, job_id, "predict", principal.subject, params, ctx.settings.job_result_ttl_s)
+    return queue_job(ctx, doc["pool"], wire.PREDICT_JOB_TASK,
+                     jobs_repo.create_job(ctx.db, job_id, "predict", principal.subject, params,
+                                          ctx.settings.job_result_ttl_s))
+
+
+def queue_job(ctx: Context, pool: str, task: str, job: dict[str, Any]) -> dict[str, Any]:
+    """Send a recorded job's task durably to its pool; the job is removed if sending fails, so none is left queued
+    that no worker will ever see."""
     try:
-        ctx.router.send(doc["pool"], wire.PREDICT_JOB_TASK, [job_id], job_id)
+        ctx.router.send(pool, task, [job["_id"]], job["_id"])
     except UnavailableError:
-        jobs_repo.delete_job(ctx.db, job_id)
+        jobs_repo.delete_job(ctx.db, job["_id"])
         raise
     return job
 
