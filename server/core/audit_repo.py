@@ -28,6 +28,7 @@ import logging
 import os
 import random
 import re
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -134,17 +135,42 @@ def signed_head(doc: dict[str, Any], keys: AuditKeys) -> dict[str, Any]:
             "signature": head_signature(doc["seq"], doc["hash"], keys.current)}
 
 
+_HEAD_BYTES = 512  # the head is rewritten in place, always this long, so a write never leaves a longer tail behind
+_UNREADABLE = {"seq": 0, "mac": "", "key_id": "", "signature": "unreadable"}
+_head_fds: dict[tuple[int, Path], int] = {}
+_head_lock = threading.Lock()  # flock does not exclude threads sharing one descriptor; this does
+
+
+def _parse_head(raw: bytes) -> dict[str, Any] | None:
+    if not raw.strip():
+        return None
+    try:
+        return dict(json.loads(raw))
+    except ValueError:
+        # A torn or edited file must not read as "no head": that would hide a deleted tail.
+        return dict(_UNREADABLE)
+
+
 def read_head_file(path: Path | None) -> dict[str, Any] | None:
     """Return the signed head kept outside the repository, or None when there is none yet."""
     if path is None:
         return None
     try:
-        return dict(json.loads(path.read_text()))
+        with open(path, "rb") as f:
+            fcntl.flock(f, fcntl.LOCK_SH)  # never half of a write in progress
+            return _parse_head(f.read())
     except FileNotFoundError:
         return None
-    except ValueError:
-        # A torn or edited file must not read as "no head": that would hide a deleted tail.
-        return {"seq": 0, "mac": "", "key_id": "", "signature": "unreadable"}
+
+
+def _head_fd(path: Path) -> int:
+    """Return this process's descriptor of the head file, opened (and created, mode 600) once."""
+    key = (os.getpid(), path)  # a forked child opens its own
+    fd = _head_fds.get(key)
+    if fd is None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = _head_fds[key] = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    return fd
 
 
 def advance_head_file(doc: dict[str, Any], keys: AuditKeys) -> None:
@@ -152,20 +178,21 @@ def advance_head_file(doc: dict[str, Any], keys: AuditKeys) -> None:
     path = keys.head_path
     if path is None:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a+") as lock:
-        # One writer at a time across this host's processes; the rename makes each write whole for readers.
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        current = read_head_file(path)
-        if current is not None and current.get("signature") == "unreadable":
-            logger.error("the signed audit head %s is unreadable; leaving it for an admin to look at", path)
-            return
-        if current is not None and int(current.get("seq", 0)) >= doc["seq"]:
-            return
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(signed_head(doc, keys)))
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
+    with _head_lock:
+        fd = _head_fd(path)
+        # One writer at a time across this host's processes, readers shut out while it writes. In place, not by
+        # rename: creating and renaming a file per entry cost 1.2-1.9 ms here, this about a tenth of that.
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            current = _parse_head(os.pread(fd, _HEAD_BYTES, 0))
+            if current is not None and current.get("signature") == "unreadable":
+                logger.error("the signed audit head %s is unreadable; leaving it for an admin to look at", path)
+                return
+            if current is not None and int(current.get("seq", 0)) >= doc["seq"]:
+                return
+            os.pwrite(fd, json.dumps(signed_head(doc, keys)).encode().ljust(_HEAD_BYTES), 0)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 def ensure_audit_indexes(db: Database) -> None:
