@@ -167,6 +167,14 @@ def _head_fd(path: Path) -> int:
     """Return this process's descriptor of the head file, opened (and created, mode 600) once."""
     key = (os.getpid(), path)  # a forked child opens its own
     fd = _head_fds.get(key)
+    if fd is not None:
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:  # the file was removed or replaced behind this process: write the one at the path
+            os.close(fd)
+            fd = None
     if fd is None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = _head_fds[key] = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -181,7 +189,7 @@ def advance_head_file(doc: dict[str, Any], keys: AuditKeys) -> None:
     with _head_lock:
         fd = _head_fd(path)
         # One writer at a time across this host's processes, readers shut out while it writes. In place, not by
-        # rename: creating and renaming a file per entry cost 1.2-1.9 ms here, this about a tenth of that.
+        # rename, which cost up to 20 times more per entry here (docs/security.md, tests/bench/audit_head.py).
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             current = _parse_head(os.pread(fd, _HEAD_BYTES, 0))
@@ -316,9 +324,10 @@ def iterate(db: Database, batch: int = WALK_BATCH) -> Iterator[dict[str, Any]]:
         after = docs[-1]["seq"]
 
 
-def verify(db: Database, keys: AuditKeys) -> dict[str, Any]:
+def verify(db: Database, keys: AuditKeys, kept_by_caller: tuple[int, str] | None = None) -> dict[str, Any]:
     """Walk the chain; report the first entry that was edited, removed, relinked or signed with the wrong key,
-    and a tail deleted behind the signed head; return the signed head of the newest entry walked."""
+    and a tail deleted behind the signed head (the file's, and the one a caller kept from an earlier answer, as
+    (seq, mac)); return the signed head of the newest entry walked."""
     # Heads are read before the walk: an entry is inserted before the heads move to it, so every entry up to them
     # exists when the walk passes; entries appended during the walk are walked or not, never "deleted".
     head = db.audit_head.find_one({"_id": "head"})
@@ -369,8 +378,12 @@ def verify(db: Database, keys: AuditKeys) -> dict[str, Any]:
             signer_id = str(doc["key_id"])
         if kept is not None and seq == int(kept.get("seq", 0)) and doc["hash"] != kept.get("mac"):
             return broken(seq, f"it is not the entry the signed head in {keys.head_path} names (rewritten)")
+        if kept_by_caller is not None and seq == kept_by_caller[0] and doc["hash"] != kept_by_caller[1]:
+            return broken(seq, "it is not the entry the head you kept names (rewritten)")
         prev, expected_seq, last = doc["hash"], expected_seq + 1, doc
-    for name, tail in (("the repository's head", head), (f"the signed head in {keys.head_path}", kept)):
+    caller = {"seq": kept_by_caller[0]} if kept_by_caller is not None else None
+    for name, tail in (("the repository's head", head), (f"the signed head in {keys.head_path}", kept),
+                       ("the head you kept", caller)):
         if tail is not None and int(tail["seq"]) >= expected_seq:
             return broken(expected_seq, f"entries {expected_seq} to {tail['seq']} were deleted from the end "
                                         f"({name} names entry {tail['seq']})")
