@@ -147,7 +147,7 @@ def test_operations_spanning_every_model_refuse_scoped_keys(document: dict[str, 
                 "(use a key without 'models')")
 
 
-def test_a_scoped_key_still_reaches_its_own_model(world: dict[str, Any]) -> None:
+def test_a_scoped_key_still_reaches_its_own_model(world: dict[str, Any], iris_skops: bytes) -> None:
     service, operator = world["keys"]["service"], world["keys"]["operator"]
     a = world["a"]
     assert service.get(f"/api/v1/models/{a}").status_code == 200
@@ -156,6 +156,15 @@ def test_a_scoped_key_still_reaches_its_own_model(world: dict[str, Any]) -> None
     assert operator.put(f"/api/v1/models/{a}/aliases/production", json={"version": 1}).status_code == 200
     listed = operator.get("/api/v1/models", params={"limit": 500}).json()
     assert [m["name"] for m in listed["models"]] == [a] and listed["total"] == 1
+    # Its own job, by the job's model: readable by the key that queued it and by a scoped operator.
+    job = service.post(f"/api/v1/models/{a}/predict?async=true", json={"inputs": [[5.1, 3.5, 1.4, 0.2]]}).json()["job_id"]
+    assert service.get(f"/api/v1/jobs/{job}").status_code == 200
+    assert operator.get(f"/api/v1/jobs/{job}").status_code == 200
+    assert [j["id"] for j in operator.get("/api/v1/jobs").json()["jobs"]] == [job]
+    # Each way of naming the model lets its own model through: a multipart part, a JSON body field.
+    assert operator.upload(a, iris_skops).status_code == 201
+    queued = operator.post("/api/v1/jobs", json={"model": a, "inputs": [[5.1, 3.5, 1.4, 0.2]]})
+    assert queued.status_code == 202, queued.text
 
 
 def test_an_unscoped_key_gets_the_same_answer_for_a_missing_model(admin: Client, world: dict[str, Any]) -> None:
