@@ -7,6 +7,7 @@ import json
 import re
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -112,17 +113,25 @@ def predictions_counted(api: Api) -> float:
     return total
 
 
-def metrics_sum_workers(api: Api, expected: int, worker_pids: Callable[[], set[str]]) -> str:
-    """See every /metrics scrape count all `expected` predictions, written by both gunicorn workers."""
+def metrics_sum_workers(api: Api, expected: int, by_pid: Callable[[], dict[str, float]]) -> str:
+    """See every /metrics scrape count all `expected` predictions, which both gunicorn workers served."""
     wait_for(f"/metrics to count {expected} predictions", lambda: True if predictions_counted(api) == expected else None, 30)
     # Each scrape may land on either worker: all must show the sum, not one process's share.
     counts = {predictions_counted(api) for _ in range(10)}
     if counts != {float(expected)}:
         raise SmokeError(f"/metrics: expected {expected} predictions on every scrape, got {sorted(counts)}")
-    pids = worker_pids()
-    if len(pids) < 2:
-        raise SmokeError(f"/metrics: predictions were counted by gunicorn worker(s) {sorted(pids)} only; expected 2")
-    return f"{expected} predictions on 10 of 10 scrapes; counter files from worker pids {', '.join(sorted(pids))}"
+    shares = by_pid()
+    if len(shares) < 2 or sum(shares.values()) != expected:
+        raise SmokeError(f"/metrics: expected {expected} predictions counted by 2 gunicorn workers, their files hold {shares}")
+    split = " + ".join(f"{n:.0f} (pid {pid})" for pid, n in sorted(shares.items()))
+    return f"{expected} on 10 of 10 scrapes = {split}"
+
+
+def predict_many(api: Api, count: int, parallel: int) -> str:
+    """Send `count` synchronous predictions, `parallel` at a time (so both gunicorn workers take some)."""
+    with ThreadPoolExecutor(parallel) as pool:
+        results = list(pool.map(lambda _: predict(api), range(count)))
+    return f"{len(results)} answered {results[0]}"
 
 
 def cpu_workers(api: Api) -> list[dict[str, Any]]:

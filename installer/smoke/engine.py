@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import shutil
 import socket
 import subprocess
@@ -58,6 +60,34 @@ class Engine:
             stopped.append(f"{Path(str(proc.args[0])).name} ({proc.args[1] if len(proc.args) > 1 else ''}) pid {proc.pid}")
         self.background.clear()
         return stopped
+
+
+def stop_exec_leftovers(container_ids: set[str]) -> list[int]:
+    """Stop the conmon processes podman left behind for exec sessions in these containers; return their PIDs.
+
+    Podman 4.3's Docker API leaves an exec session's conmon running after `compose exec` has returned and even
+    after the container is removed; they are ours (we ran the exec), so they are stopped by PID.
+    """
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # exited meanwhile
+        if argv and argv[0].endswith(b"conmon") and b"-c" in argv:
+            cid = argv[argv.index(b"-c") + 1].decode() if argv.index(b"-c") + 1 < len(argv) else ""
+            if cid in container_ids:
+                pids.append(int(proc.name))
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while any(Path(f"/proc/{pid}").exists() for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return pids
 
 
 def run_command(cmd: list[str], env: dict[str, str], timeout_s: float = 600, check: bool = True,

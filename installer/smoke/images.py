@@ -28,9 +28,9 @@ class BaseImages:
     how: str
 
 
-def apt_mirror() -> str:
+def apt_mirror(apt_dir: Path = Path("/etc/apt")) -> str:
     """Return the Debian mirror this machine's apt uses for bookworm (deb822 .sources or sources.list)."""
-    files = sorted(Path("/etc/apt/sources.list.d").glob("*.sources")) + [Path("/etc/apt/sources.list")]
+    files = sorted((apt_dir / "sources.list.d").glob("*.sources")) + [apt_dir / "sources.list"]
     for path in files:
         text = path.read_text() if path.exists() else ""
         for stanza in text.split("\n\n"):

@@ -18,14 +18,27 @@ from typing import TypeVar
 from installer.compose import COMPOSE_FILE, init_env
 from installer.smoke import checks
 from installer.smoke.engine import (Engine, SmokeError, docker_engine, docker_engine_answers, run_command, start_health_loop,
-                                    start_podman)
+                                    start_podman, stop_exec_leftovers)
 from installer.smoke.images import SMOKE_DIR, ensure_base_images
 
 T = TypeVar("T")
 PROJECT = "modeldeck-smoke"
 OVERRIDE = SMOKE_DIR / "docker-compose.smoke.yml"
 BUILT = ["modeldeck:latest", "modeldeck-smoke/stand-ins:latest", "modeldeck-smoke/rabbitmq:latest"]
-SYNC_PREDICTIONS = 12
+SYNC_PREDICTIONS = 24
+SECRET_STEP = "admin key (exec api modeldeck admin-key)"  # its result is a secret: never printed whole
+# Run inside the api container: each gunicorn process's own count, from prometheus-client's files for it.
+COUNT_BY_PID = """
+import glob, json, os, re, sys
+from prometheus_client.mmap_dict import MmapedDict
+for path in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "counter_*.db")):
+    total = 0.0
+    for key, value, *_ in MmapedDict.read_all_values_from_file(path):
+        name, sample, labels, _help = json.loads(key)
+        if sample == "modeldeck_predict_requests_total" and labels.get("model") == sys.argv[1] and labels.get("outcome") == "success":
+            total += value
+    print(re.search(r"counter_(\\d+)", path).group(1), total)
+"""
 
 
 class Smoke:
@@ -39,6 +52,7 @@ class Smoke:
                         "--env-file", str(env_file)]
         self.started = time.monotonic()
         self.timings: list[tuple[str, float]] = []
+        self.container_ids: set[str] = set()
 
     def step(self, name: str, action: Callable[[], T]) -> T:
         """Run one step, print its outcome and duration; a failure names the step."""
@@ -50,7 +64,7 @@ class Smoke:
             raise SmokeError(f"{name}: {exc}") from exc
         took = time.monotonic() - began
         self.timings.append((name, took))
-        detail = f": {result}" if isinstance(result, str) and result else ""
+        detail = f": {result}" if isinstance(result, str) and result and name != SECRET_STEP else ""
         print(f"[{time.monotonic() - self.started:6.1f} s]   ok in {took:.1f} s{detail}", flush=True)
         return result
 
@@ -69,8 +83,8 @@ class Smoke:
     def up(self) -> str:
         """Start the stack and wait for every health check."""
         self.run_compose(["up", "-d", "--wait", "--wait-timeout", "420"], 480)
-        states = self.run_compose(["ps", "--format", "{{.Service}}: {{.Status}}"], 60).strip().splitlines()
-        return "; ".join(sorted(states))
+        states = self.run_compose(["ps", "--format", "{{.Service}} {{.Health}}"], 60).strip().splitlines()
+        return ", ".join(sorted(states))
 
     def admin_key(self) -> str:
         """Create an admin key the documented way: `compose exec api modeldeck admin-key`."""
@@ -80,10 +94,10 @@ class Smoke:
             raise SmokeError(f"`exec api modeldeck admin-key` printed no key: {out[-500:]}")
         return key
 
-    def metrics_worker_pids(self) -> set[str]:
-        """Return the gunicorn worker pids that wrote prometheus-client's multiprocess counter files in the api container."""
-        out = self.run_compose(["exec", "-T", "api", "sh", "-c", 'ls "$PROMETHEUS_MULTIPROC_DIR"'], 60)
-        return set(re.findall(r"counter_(\d+)\.db", out))
+    def predictions_by_pid(self) -> dict[str, float]:
+        """Return, per API process, the successful predictions its multiprocess counter file holds (read in the container)."""
+        out = self.run_compose(["exec", "-T", "api", "python", "-c", COUNT_BY_PID, checks.MODEL], 60)
+        return {pid: float(n) for pid, n in re.findall(r"^(\d+) (\S+)$", out, flags=re.M) if float(n) > 0}
 
     def scale_workers(self, api: checks.Api) -> str:
         """Scale worker-cpu to 2 and see both in GET /api/v1/runtimes."""
@@ -112,6 +126,8 @@ class Smoke:
 
     def down(self) -> str:
         """Remove the stack's containers, networks and volumes; the images stay as the next build's cache."""
+        self.container_ids |= set(self.engine.run(["ps", "-a", "-q", "--no-trunc", "--filter",
+                                                   f"label=com.docker.compose.project={PROJECT}"], 60).stdout.split())
         self.run_compose(["down", "-v", "--remove-orphans", "--timeout", "20"], 300)
         left = self.engine.run(["ps", "-a", "-q", "--filter", f"label=com.docker.compose.project={PROJECT}"], 60).stdout.split()
         volumes = self.engine.run(["volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={PROJECT}"], 60).stdout.split()
@@ -122,13 +138,13 @@ class Smoke:
 
 def checks_through_ports(smoke: Smoke) -> None:
     """The checks a user of the stack would make, in order."""
-    key = smoke.step("admin key (exec api modeldeck admin-key)", smoke.admin_key)
+    key = smoke.step(SECRET_STEP, smoke.admin_key)
+    print(f"  {key[:8]}... ({len(key)} characters; the rest is not printed)", flush=True)
     api = checks.Api(f"http://127.0.0.1:{smoke.ports['api']}", key)
     smoke.step("upload a skops iris LogisticRegression", lambda: checks.upload_model(api))
-    smoke.step(f"{SYNC_PREDICTIONS} synchronous predictions",
-               lambda: f"{checks.predict(api)} each" if all(checks.predict(api) for _ in range(SYNC_PREDICTIONS - 1)) else "")
+    smoke.step(f"{SYNC_PREDICTIONS} synchronous predictions, 6 at a time", lambda: checks.predict_many(api, SYNC_PREDICTIONS, 6))
     smoke.step("/metrics counts them across both API workers",
-               lambda: checks.metrics_sum_workers(api, SYNC_PREDICTIONS, smoke.metrics_worker_pids))
+               lambda: checks.metrics_sum_workers(api, SYNC_PREDICTIONS, smoke.predictions_by_pid))
     smoke.step("asynchronous prediction (?async=true job)", lambda: f"job {checks.predict_async(api)} succeeded")
     smoke.step("scale worker-cpu to 2", lambda: smoke.scale_workers(api))
     smoke.step("console page", lambda: checks.console_page(f"http://127.0.0.1:{smoke.ports['console']}"))
@@ -205,6 +221,10 @@ def main(argv: list[str]) -> int:
             ok = False
         for stopped in engine.stop_background():
             print(f"stopped {stopped}", flush=True)
+        if engine.kind == "podman" and smoke is not None:
+            leftovers = stop_exec_leftovers(smoke.container_ids)
+            if leftovers:
+                print(f"stopped podman's leftover exec conmon processes, pids {', '.join(map(str, leftovers))}", flush=True)
         shutil.rmtree(workdir, ignore_errors=True)
     if smoke is not None:
         print("timings: " + ", ".join(f"{name} {took:.1f} s" for name, took in smoke.timings))
