@@ -160,8 +160,8 @@ def test_smoke_override_replaces_only_the_images_no_registry_serves(docker_env: 
 
 
 @pytest.mark.parametrize("sources, expected", [
-    ("Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\nComponents: main\n\n"
-     "Types: deb\nURIs: http://security.example/debian-security\nSuites: bookworm-security\n", "http://mirror.example/debian"),
+    (("Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\nComponents: main\n\n"
+      "Types: deb\nURIs: http://security.example/debian-security\nSuites: bookworm-security\n"), "http://mirror.example/debian"),
     ("Types: deb\nURIs: http://security.example/debian-security\nSuites: bookworm-security\n", None),
 ])
 def test_smoke_debootstraps_from_the_mirror_apt_uses(sources: str, expected: str | None, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -54,9 +54,9 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float, every_s
 
 def iris_skops() -> bytes:
     """Return a scikit-learn LogisticRegression fitted on iris, saved with skops."""
+    import skops.io as sio
     from sklearn.datasets import load_iris
     from sklearn.linear_model import LogisticRegression
-    import skops.io as sio
 
     X, y = load_iris(return_X_y=True)
     return bytes(sio.dumps(LogisticRegression(max_iter=500).fit(X, y)))
@@ -152,6 +152,6 @@ def console_page(base: str) -> str:
     if health.status_code != 200 or health.text.strip() != "ok":
         raise SmokeError(f"console: /_stcore/health answered {health.status_code}: {health.text[:200]}")
     page = requests.get(base + "/", timeout=10)
-    if page.status_code != 200 or not re.search(r"<title>.*</title>", page.text, flags=re.S) or "<script" not in page.text:
+    if page.status_code != 200 or not re.search(r"<title>.*</title>", page.text, flags=re.DOTALL) or "<script" not in page.text:
         raise SmokeError(f"console: / answered {page.status_code} without Streamlit's page: {page.text[:300]}")
     return f"/ {page.status_code} ({len(page.text)} bytes of Streamlit's page), /_stcore/health ok"

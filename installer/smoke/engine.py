@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -35,7 +35,7 @@ class Engine:
     cli: str
     compose: list[str]
     env: dict[str, str]
-    background: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    background: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)  # (what it is, process)
 
     def run(self, args: list[str], timeout_s: float = 600, check: bool = True,
             capture: bool = True) -> subprocess.CompletedProcess[str]:
@@ -49,7 +49,7 @@ class Engine:
     def stop_background(self) -> list[str]:
         """Stop every background process the smoke started, by PID, newest first; return what was stopped."""
         stopped = []
-        for proc in reversed(self.background):
+        for what, proc in reversed(self.background):
             if proc.poll() is None:
                 proc.terminate()
                 try:
@@ -57,7 +57,7 @@ class Engine:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait(5)
-            stopped.append(f"{Path(str(proc.args[0])).name} ({proc.args[1] if len(proc.args) > 1 else ''}) pid {proc.pid}")
+            stopped.append(f"{what} (pid {proc.pid})")
         self.background.clear()
         return stopped
 
@@ -106,6 +106,8 @@ def run_command(cmd: list[str], env: dict[str, str], timeout_s: float = 600, che
             result = subprocess.run(cmd, env=env, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL,
                                     stdout=subprocess.PIPE if capture else None,
                                     stderr=subprocess.STDOUT if capture else None)
+    except FileNotFoundError as exc:
+        raise SmokeError(f"{cmd[0]} is not installed (needed for `{' '.join(cmd[:3])} ...`)") from exc
     except subprocess.TimeoutExpired as exc:
         where = f"; its output is in {log}" if log else ""
         raise SmokeError(f"`{' '.join(cmd[:6])} ...` did not finish within {timeout_s:.0f} s{where}") from exc
@@ -173,7 +175,7 @@ def start_podman(cache: Path, log: Path) -> Engine:
                                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     # Compose reaches podman through its Docker-compatible API; BuildKit would make compose pull an image.
     env = {**env, "DOCKER_HOST": f"unix://{sock}", "DOCKER_BUILDKIT": "0", "COMPOSE_BAKE": "false"}
-    engine = Engine("podman", "podman", compose_binary(), env, [service])
+    engine = Engine("podman", "podman", compose_binary(), env, [("podman system service", service)])
     deadline = time.monotonic() + 30
     while not _socket_answers(sock):
         if service.poll() is not None or time.monotonic() > deadline:
@@ -194,7 +196,7 @@ def start_health_loop(engine: Engine, project: str, log: Path) -> None:
         loop = subprocess.Popen([sys.executable, "-m", "installer.smoke.healthloop", project], env=engine.env,
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                                 cwd=Path(__file__).resolve().parents[2])
-    engine.background.append(loop)
+    engine.background.append(("health-check loop", loop))
 
 
 def _socket_answers(path: Path) -> bool:

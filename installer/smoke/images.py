@@ -34,10 +34,10 @@ def apt_mirror(apt_dir: Path = Path("/etc/apt")) -> str:
     for path in files:
         text = path.read_text() if path.exists() else ""
         for stanza in text.split("\n\n"):
-            uris = re.search(r"^URIs:\s*(\S+)", stanza, flags=re.M)
-            if uris and re.search(r"^Suites:.*\bbookworm\b(?!-)", stanza, flags=re.M):
+            uris = re.search(r"^URIs:\s*(\S+)", stanza, flags=re.MULTILINE)
+            if uris and re.search(r"^Suites:.*\bbookworm\b(?!-)", stanza, flags=re.MULTILINE):
                 return uris.group(1)
-        line = re.search(r"^deb\s+(?:\[[^]]*\]\s+)?(\S+)\s+bookworm\s", text, flags=re.M)
+        line = re.search(r"^deb\s+(?:\[[^]]*\]\s+)?(\S+)\s+bookworm\s", text, flags=re.MULTILINE)
         if line:
             return line.group(1)
     return DEFAULT_MIRROR

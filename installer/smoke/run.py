@@ -17,8 +17,16 @@ from typing import TypeVar
 
 from installer.compose import COMPOSE_FILE, init_env
 from installer.smoke import checks
-from installer.smoke.engine import (Engine, SmokeError, docker_engine, docker_engine_answers, run_command, start_health_loop,
-                                    start_podman, stop_exec_leftovers)
+from installer.smoke.engine import (
+    Engine,
+    SmokeError,
+    docker_engine,
+    docker_engine_answers,
+    run_command,
+    start_health_loop,
+    start_podman,
+    stop_exec_leftovers,
+)
 from installer.smoke.images import SMOKE_DIR, ensure_base_images
 
 T = TypeVar("T")
@@ -97,7 +105,7 @@ class Smoke:
     def predictions_by_pid(self) -> dict[str, float]:
         """Return, per API process, the successful predictions its multiprocess counter file holds (read in the container)."""
         out = self.run_compose(["exec", "-T", "api", "python", "-c", COUNT_BY_PID, checks.MODEL], 60)
-        return {pid: float(n) for pid, n in re.findall(r"^(\d+) (\S+)$", out, flags=re.M) if float(n) > 0}
+        return {pid: float(n) for pid, n in re.findall(r"^(\d+) (\S+)$", out, flags=re.MULTILINE) if float(n) > 0}
 
     def scale_workers(self, api: checks.Api) -> str:
         """Scale worker-cpu to 2 and see both in GET /api/v1/runtimes."""
@@ -128,7 +136,7 @@ class Smoke:
         """Remove the stack's containers, networks and volumes; the images stay as the next build's cache."""
         self.container_ids |= set(self.engine.run(["ps", "-a", "-q", "--no-trunc", "--filter",
                                                    f"label=com.docker.compose.project={PROJECT}"], 60).stdout.split())
-        self.run_compose(["down", "-v", "--remove-orphans", "--timeout", "20"], 300)
+        self.run_compose(["down", "-v", "--remove-orphans", "--timeout", "10"], 300)
         left = self.engine.run(["ps", "-a", "-q", "--filter", f"label=com.docker.compose.project={PROJECT}"], 60).stdout.split()
         volumes = self.engine.run(["volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={PROJECT}"], 60).stdout.split()
         if left or volumes:
@@ -208,8 +216,9 @@ def main(argv: list[str]) -> int:
         smoke.step("compose up --wait (every health check)", smoke.up)
         checks_through_ports(smoke)
         ok = True
-    except SmokeError as exc:
-        print(f"FAILED: {exc}", file=sys.stderr, flush=True)
+    except Exception as exc:  # the CLI's edge: whatever broke, report it, show the logs and clean up
+        detail = str(exc) if isinstance(exc, SmokeError) else f"{type(exc).__name__}: {exc}"
+        print(f"FAILED: {detail}", file=sys.stderr, flush=True)
         if smoke is not None:
             smoke.print_logs()
     finally:
