@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
@@ -191,12 +192,20 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     cache = default_cache()
     cache.mkdir(parents=True, exist_ok=True)
+    # One smoke at a time per machine: they would share the project name, the podman socket and the logs.
+    lock = (cache / "smoke.lock").open("w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"error: another `modeldeck compose smoke` is running on this machine ({cache / 'smoke.lock'})", file=sys.stderr)
+        return 2
     began = time.monotonic()
     if docker_engine_answers():
         engine = docker_engine()
     else:
         engine = start_podman(cache, cache / "podman-service.log")
-    print(f"engine: {engine.kind} ({engine.env.get('DOCKER_HOST', 'default socket')}); compose: {engine.compose[0]}", flush=True)
+    print(f"engine: {engine.kind} ({engine.env.get('DOCKER_HOST', 'default socket')}), ready in {time.monotonic() - began:.1f} s; "
+          f"compose: {engine.compose[0]}", flush=True)
     workdir = Path(tempfile.mkdtemp(prefix="modeldeck-smoke-"))
     ok = False
     smoke: Smoke | None = None
