@@ -52,6 +52,15 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float, every_s
     raise SmokeError(f"{what}: not within {timeout_s:.0f} s" + (f" (last error: {last})" if last else ""))
 
 
+def ready(base: str) -> str:
+    """Wait until the API's /readyz reports broker, repository and a cpu worker ready; return its checks."""
+    def answer() -> str | None:
+        resp = requests.get(base + "/readyz", timeout=10)
+        return json.dumps(resp.json().get("checks"))[:300] if resp.status_code == 200 else None
+
+    return wait_for("GET /readyz to answer 200", answer, 90, 1.0)
+
+
 def iris_skops() -> bytes:
     """Return a scikit-learn LogisticRegression fitted on iris, saved with skops."""
     import skops.io as sio

@@ -35,6 +35,7 @@ PROJECT = "modeldeck-smoke"
 OVERRIDE = SMOKE_DIR / "docker-compose.smoke.yml"
 BUILT = ["modeldeck:latest", "modeldeck-smoke/stand-ins:latest", "modeldeck-smoke/rabbitmq:latest"]
 SYNC_PREDICTIONS = 24
+ADMIN_KEY_ATTEMPTS = 3
 SECRET_STEP = "admin key (exec api modeldeck admin-key)"  # its result is a secret: never printed whole
 # Run inside the api container: each gunicorn process's own count, from prometheus-client's files for it.
 COUNT_BY_PID = """
@@ -97,7 +98,17 @@ class Smoke:
 
     def admin_key(self) -> str:
         """Create an admin key the documented way: `compose exec api modeldeck admin-key`."""
-        out = self.run_compose(["exec", "-T", "api", "modeldeck", "admin-key", "--name", "smoke-admin"], 120)
+        for attempt in range(1, ADMIN_KEY_ATTEMPTS + 1):
+            try:
+                out = self.run_compose(["exec", "-T", "api", "modeldeck", "admin-key", "--name", "smoke-admin"], 120)
+                break
+            except SmokeError as exc:
+                # Seen once under load: the exec'd process's first repository lookup timed out (5 s) while the
+                # api's own processes were fine. Say so, and try again as an operator would.
+                if attempt == ADMIN_KEY_ATTEMPTS:
+                    raise
+                print(f"  attempt {attempt} failed, trying again: {str(exc).splitlines()[-1][:300]}", flush=True)
+                time.sleep(3)
         key = out.strip().splitlines()[-1] if out.strip() else ""
         if not re.fullmatch(r"\S{20,}", key):
             raise SmokeError(f"`exec api modeldeck admin-key` printed no key: {out[-500:]}")
@@ -147,6 +158,7 @@ class Smoke:
 
 def checks_through_ports(smoke: Smoke) -> None:
     """The checks a user of the stack would make, in order."""
+    smoke.step("GET /readyz (broker, repository, workers)", lambda: checks.ready(f"http://127.0.0.1:{smoke.ports['api']}"))
     key = smoke.step(SECRET_STEP, smoke.admin_key)
     print(f"  {key[:8]}... ({len(key)} characters; the rest is not printed)", flush=True)
     api = checks.Api(f"http://127.0.0.1:{smoke.ports['api']}", key)
