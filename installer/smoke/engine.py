@@ -44,7 +44,12 @@ class Engine:
 
     def image_exists(self, name: str) -> bool:
         """Tell whether the engine holds an image of this name."""
-        return self.run(["image", "inspect", name], check=False).returncode == 0
+        return self.image_id(name) is not None
+
+    def image_id(self, name: str) -> str | None:
+        """Return the id of the image of this name, or None."""
+        result = self.run(["image", "inspect", "--format", "{{.Id}}", name], check=False)
+        return result.stdout.strip() or None if result.returncode == 0 else None
 
     def stop_background(self) -> list[str]:
         """Stop every background process the smoke started, by PID, newest first; return what was stopped."""
@@ -91,11 +96,13 @@ def stop_exec_leftovers(container_ids: set[str]) -> list[int]:
 
 
 def run_command(cmd: list[str], env: dict[str, str], timeout_s: float = 600, check: bool = True,
-                capture: bool = True, log: Path | None = None) -> subprocess.CompletedProcess[str]:
+                capture: bool = True, log: Path | None = None, label: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run a command; with check, raise SmokeError with its output's tail when it fails or times out.
 
     With log, the output goes to that file as it comes (a long build can be followed) and is read back after.
+    label names the command in messages (default: its first words).
     """
+    label = label or " ".join(cmd[:8])
     try:
         if log is not None:
             with log.open("w") as out:
@@ -107,13 +114,13 @@ def run_command(cmd: list[str], env: dict[str, str], timeout_s: float = 600, che
                                     stdout=subprocess.PIPE if capture else None,
                                     stderr=subprocess.STDOUT if capture else None)
     except FileNotFoundError as exc:
-        raise SmokeError(f"{cmd[0]} is not installed (needed for `{' '.join(cmd[:3])} ...`)") from exc
+        raise SmokeError(f"{cmd[0]} is not installed (needed for `{label}`)") from exc
     except subprocess.TimeoutExpired as exc:
         where = f"; its output is in {log}" if log else ""
-        raise SmokeError(f"`{' '.join(cmd[:6])} ...` did not finish within {timeout_s:.0f} s{where}") from exc
+        raise SmokeError(f"`{label}` did not finish within {timeout_s:.0f} s{where}") from exc
     if check and result.returncode != 0:
         tail = "\n".join((result.stdout or "").splitlines()[-40:])
-        raise SmokeError(f"`{' '.join(cmd[:8])}` exited {result.returncode}:\n{tail}")
+        raise SmokeError(f"`{label}` exited {result.returncode}:\n{tail}")
     return result
 
 
@@ -168,6 +175,7 @@ def ensure_podman(cache: Path) -> dict[str, str]:
 def start_podman(cache: Path, log: Path) -> Engine:
     """Start `podman system service` on a socket of our own and return the engine that talks to it."""
     env = ensure_podman(cache)
+    compose = compose_binary()  # before anything starts: a missing binary must not leave the service running
     sock = cache / "podman.sock"
     sock.unlink(missing_ok=True)
     with log.open("ab") as out:
@@ -175,7 +183,7 @@ def start_podman(cache: Path, log: Path) -> Engine:
                                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     # Compose reaches podman through its Docker-compatible API; BuildKit would make compose pull an image.
     env = {**env, "DOCKER_HOST": f"unix://{sock}", "DOCKER_BUILDKIT": "0", "COMPOSE_BAKE": "false"}
-    engine = Engine("podman", "podman", compose_binary(), env, [("podman system service", service)])
+    engine = Engine("podman", "podman", compose, env, [("podman system service", service)])
     deadline = time.monotonic() + 30
     while not _socket_answers(sock):
         if service.poll() is not None or time.monotonic() > deadline:
