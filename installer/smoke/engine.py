@@ -178,7 +178,7 @@ def start_podman(cache: Path, log: Path) -> Engine:
     compose = compose_binary()  # before anything starts: a missing binary must not leave the service running
     sock = cache / "podman.sock"
     sock.unlink(missing_ok=True)
-    with log.open("ab") as out:
+    with log.open("wb") as out:  # this run's log only
         service = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{sock}"], env=env,
                                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     # Compose reaches podman through its Docker-compatible API; BuildKit would make compose pull an image.
@@ -200,7 +200,7 @@ def docker_engine() -> Engine:
 
 def start_health_loop(engine: Engine, project: str, log: Path) -> None:
     """Run podman's health checks in the background (podman schedules them through systemd, absent here)."""
-    with log.open("ab") as out:
+    with log.open("wb") as out:  # this run's log only
         loop = subprocess.Popen([sys.executable, "-m", "installer.smoke.healthloop", project], env=engine.env,
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                                 cwd=Path(__file__).resolve().parents[2])
