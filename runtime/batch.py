@@ -76,7 +76,7 @@ def finish(state: WorkerState, job: dict[str, Any], result: dict[str, Any] | Non
     progress = jobs_repo.get_job(state.db, job_id).get("progress") or {}
     jobs_repo.record_event(state.db, job, "job.finish", "success" if status == "succeeded" else status,
                            {"kind": "batch", "status": status, "rows_done": progress.get("rows_done"),
-                            "error": error["code"] if error else None})
+                            "error": error["code"] if error else None}, state.audit_keys)
     logger.info("batch job %s %s", job_id, status)
     return True
 

@@ -83,7 +83,7 @@ def run_chunk(state: WorkerState, job_id: str, chunk: Chunk, redelivered: bool =
     status = db.jobs.find_one({"_id": job_id}, {"status": 1, "stop_error": 1})
     if status is None or status["status"] in jobs_repo.FINISHED:
         # A chunk whose worker died after finishing the job and before auditing it comes back: audit it now.
-        if status is not None and redelivered and jobs_repo.record_missing_finish(db, job_id):
+        if status is not None and redelivered and jobs_repo.record_missing_finish(db, job_id, state.audit_keys):
             logger.warning("job %s was finished by a worker that died before auditing it; job.finish recorded now", job_id)
         return  # expired, or finished while this chunk waited (a duplicate): nothing to account for
     ctx = context(state, job_id)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 
-from runtime.loader import LoadedModel, ModelLoadError, ModelRunError, load_model
+from runtime.loader import LoadedModel, MethodUnavailableError, ModelLoadError, ModelRunError, load_model
 from runtime.state import WorkerState
 from server.core.artifacts import get_artifact
 from server.core.errors import ModelDeckError
+from server.core.model_info import PROBA_METHODS
 from server.core.wire import Lane, PredictOutcome, PredictRequest
 
 
@@ -43,14 +44,19 @@ def _run(state: WorkerState, request: PredictRequest) -> PredictOutcome:
     loaded = time.perf_counter()
     cpu_before = time.process_time()
     try:
-        predictions = model.run(request.rows)
+        predictions = model.run(request.rows, request.method, request.columns)
+    except MethodUnavailableError as exc:
+        return PredictOutcome.failed("method_unavailable", f"{label} {exc}")
     except ModelRunError as exc:
         return PredictOutcome.failed("model_failed", f"{label} failed: {exc}")
     except Exception as exc:  # the model's own code raised: report it, keep the worker alive
         return PredictOutcome.failed("model_failed", f"{label} raised {type(exc).__name__}: {str(exc)[:300]}")
     done = time.perf_counter()
+    # Probabilities come one column per class: say which column is which.
+    per_class = request.method in PROBA_METHODS or (
+        request.method == "decision_function" and predictions and isinstance(predictions[0], list))
     return PredictOutcome(
-        ok=True, predictions=predictions, cold=cold,
+        ok=True, predictions=predictions, cold=cold, classes=model.info.classes if per_class else None,
         load_ms=round((loaded - started) * 1000, 3), model_ms=round((done - loaded) * 1000, 3),
         process_cpu_ms=round((time.process_time() - cpu_before) * 1000, 3),
     )

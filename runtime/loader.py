@@ -10,6 +10,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from server.core.model_info import ModelInfo, describe_estimator, describe_onnx, onnx_probability_output
+from server.core.models_repo import FieldSpec
+
 
 # preload_libraries runs on a background thread while the worker already takes tasks; a load that imports the
 # same packages at the same moment can see a half-initialised module, so imports and loads take turns.
@@ -24,8 +27,15 @@ class ModelRunError(Exception):
     """The model raised or returned something that cannot be sent back."""
 
 
+class MethodUnavailableError(ModelRunError):
+    """The caller asked for a method the model does not offer."""
+
+
 OUT_OF_MEMORY = ("ran out of memory while predicting (the worker's limit is MODELDECK_WORKER_MEMORY_LIMIT_MB); "
                  "the worker freed it and keeps serving other models")
+
+
+Runner = Callable[[list[list[Any]], str, "list[FieldSpec] | None"], list[Any]]
 
 
 @dataclass
@@ -33,7 +43,14 @@ class LoadedModel:
     sha256: str
     fmt: str
     size: int
-    run: Callable[[list[list[Any]]], list[Any]]
+    run: Runner  # (rows, method, columns) -> JSON-safe outputs
+    info: ModelInfo
+
+
+def _check_method(info: ModelInfo, method: str) -> None:
+    if method not in info.methods:
+        raise MethodUnavailableError(
+            f"has no method '{method}'; it offers {', '.join(info.methods) or 'none'}")
 
 
 def _to_array(rows: list[list[Any]]) -> np.ndarray:
@@ -67,21 +84,34 @@ def _fast_sklearn_config() -> None:
         _thread.configured = True
 
 
-def _sklearn_runner(model: Any) -> Callable[[list[list[Any]]], list[Any]]:
+def _sklearn_runner(model: Any) -> tuple[Runner, ModelInfo]:
     if not hasattr(model, "predict"):
         raise ModelLoadError(f"the loaded object ({type(model).__name__}) has no predict method")
+    info = describe_estimator(model)
+    feature_names = info.feature_names
 
-    def run(rows: list[list[Any]]) -> list[Any]:
+    def run(rows: list[list[Any]], method: str, columns: list[FieldSpec] | None) -> list[Any]:
+        _check_method(info, method)
         _fast_sklearn_config()
+        if feature_names is not None:
+            from runtime.frames import to_frame
+
+            try:
+                inputs: Any = to_frame(rows, columns, feature_names)
+            except ValueError as exc:
+                raise ModelRunError(str(exc)) from exc
+        else:
+            inputs = _to_array(rows)
         try:
-            return _to_list(model.predict(_to_array(rows)))
+            return _to_list(getattr(model, method)(inputs))
         except MemoryError as exc:
             raise ModelRunError(OUT_OF_MEMORY) from exc
 
-    return run
+    return run, info
 
 
-def _onnx_runner(data: bytes) -> Callable[[list[list[Any]]], list[Any]]:
+def _onnx_runner(data: bytes) -> tuple[Runner, ModelInfo]:
+    import onnx
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -89,17 +119,25 @@ def _onnx_runner(data: bytes) -> Callable[[list[list[Any]]], list[Any]]:
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
+    graph = onnx.load_model_from_string(data)
+    info = describe_onnx(graph)
+    proba_name, labels = onnx_probability_output(graph)
     first = session.get_inputs()[0]
-    out_name = session.get_outputs()[0].name
+    outputs = {"predict": session.get_outputs()[0].name, "predict_proba": proba_name}
     dtype = np.int64 if "int64" in first.type else np.float32
 
-    def run(rows: list[list[Any]]) -> list[Any]:
+    def run(rows: list[list[Any]], method: str, columns: list[FieldSpec] | None) -> list[Any]:
+        _check_method(info, method)
         try:
-            return _to_list(session.run([out_name], {first.name: np.asarray(rows, dtype=dtype)})[0])
+            out = session.run([outputs[method]], {first.name: np.asarray(rows, dtype=dtype)})[0]
         except MemoryError as exc:
             raise ModelRunError(OUT_OF_MEMORY) from exc
+        if method == "predict_proba" and isinstance(out, list) and out and isinstance(out[0], dict):
+            # skl2onnx's ZipMap: one {label: probability} per row; answer columns in the labels' order.
+            return _to_list(np.array([[row[label] for label in labels or []] for row in out], dtype=np.float64))
+        return _to_list(out)
 
-    return run
+    return run, info
 
 
 def _torchscript_runner(data: bytes, device: str) -> Callable[[list[list[Any]]], list[Any]]:
@@ -112,12 +150,14 @@ def _torchscript_runner(data: bytes, device: str) -> Callable[[list[list[Any]]],
         raise ModelLoadError("this worker serves a GPU pool but torch sees no CUDA device")
     module = torch.jit.load(io.BytesIO(data), map_location=device)
     module.eval()
+    info = ModelInfo(methods=["predict"], classes=None, feature_names=None)
 
-    def run(rows: list[list[Any]]) -> list[Any]:
+    def run(rows: list[list[Any]], method: str, columns: list[FieldSpec] | None) -> list[Any]:
+        _check_method(info, method)
         with torch.no_grad():
             return _to_list(module(torch.tensor(rows, dtype=torch.float32, device=device)).cpu())
 
-    return run
+    return run, info
 
 
 def preload_libraries() -> None:
@@ -144,23 +184,23 @@ def _load_model(sha256: str, fmt: str, data: bytes, trusted_types: list[str], de
         if fmt == "skops":
             import skops.io
 
-            run = _sklearn_runner(skops.io.loads(data, trusted=trusted_types))
+            run, info = _sklearn_runner(skops.io.loads(data, trusted=trusted_types))
         elif fmt == "onnx":
-            run = _onnx_runner(data)
+            run, info = _onnx_runner(data)
         elif fmt == "joblib":
             import joblib
 
-            run = _sklearn_runner(joblib.load(io.BytesIO(data)))
+            run, info = _sklearn_runner(joblib.load(io.BytesIO(data)))
         elif fmt == "pickle":
             import pickle
 
-            run = _sklearn_runner(pickle.loads(data))  # noqa: S301 - admitted only by an admin with pickle enabled
+            run, info = _sklearn_runner(pickle.loads(data))  # noqa: S301 - admitted only by an admin with pickle enabled
         elif fmt == "torchscript":
-            run = _torchscript_runner(data, device)
+            run, info = _torchscript_runner(data, device)
         else:
             raise ModelLoadError(f"unknown model format '{fmt}'")
     except ModelLoadError:
         raise
     except Exception as exc:  # any library error while loading is the artifact's fault
         raise ModelLoadError(f"{type(exc).__name__}: {str(exc)[:300]}") from exc
-    return LoadedModel(sha256=sha256, fmt=fmt, size=len(data), run=run)
+    return LoadedModel(sha256=sha256, fmt=fmt, size=len(data), run=run, info=info)

@@ -29,18 +29,21 @@ def predict_job(job_id: str) -> None:
     state = get_state()
     job = jobs_repo.start_job(state.db, job_id)
     if job is None:
-        if jobs_repo.record_missing_finish(state.db, job_id):
+        if jobs_repo.record_missing_finish(state.db, job_id, state.audit_keys):
             logger.warning("job %s was finished by a worker that died before auditing it; job.finish recorded now", job_id)
         logger.info("job %s already finished or unknown; skipping", job_id)
         return
     outcome = run_prediction(state, wire.PredictRequest.from_dict(job["params"]["request"]))
     if outcome.ok:
-        stored = jobs_repo.finish_job(state.db, job_id, result={"predictions": outcome.predictions})
+        result: dict[str, Any] = {"predictions": outcome.predictions}
+        if outcome.classes is not None:
+            result["classes"] = outcome.classes
+        stored = jobs_repo.finish_job(state.db, job_id, result=result)
     else:
         stored = jobs_repo.finish_job(state.db, job_id, error={"code": outcome.error_code, "message": outcome.error_message})
     if stored:
         jobs_repo.record_event(state.db, job, "job.finish", "success" if outcome.ok else "failed",
-                               {"kind": "predict", "error": None if outcome.ok else outcome.error_code})
+                               {"kind": "predict", "error": None if outcome.ok else outcome.error_code}, state.audit_keys)
     logger.info("job %s finished ok=%s", job_id, outcome.ok)
 
 
@@ -50,7 +53,7 @@ def batch_job(job_id: str) -> None:
     state = get_state()
     job = jobs_repo.start_job(state.db, job_id)
     if job is None:
-        if jobs_repo.record_missing_finish(state.db, job_id):
+        if jobs_repo.record_missing_finish(state.db, job_id, state.audit_keys):
             logger.warning("job %s was finished by a worker that died before auditing it; job.finish recorded now", job_id)
         logger.info("job %s already finished, cancelled or unknown; skipping", job_id)
         return

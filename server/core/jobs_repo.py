@@ -45,8 +45,19 @@ def get_job(db: Database, job_id: str) -> dict[str, Any]:
     """Return a job that has not expired, or raise NotFoundError."""
     doc = db.jobs.find_one({"_id": job_id})
     if doc is None or doc["expires_at"] < now_iso():
-        raise NotFoundError(f"job '{job_id}' does not exist or its result has expired", {"id": job_id})
+        raise missing_job(job_id)
     return doc
+
+
+def missing_job(job_id: str) -> NotFoundError:
+    """Return the error a job that does not exist or has expired gets."""
+    return NotFoundError(f"job '{job_id}' does not exist or its result has expired", {"id": job_id})
+
+
+def job_model(db: Database, job_id: str) -> str | None:
+    """Return the name of the model a job runs, or None when there is no such job."""
+    doc = db.jobs.find_one({"_id": job_id}, {"params.model": 1})
+    return None if doc is None else str(doc.get("params", {}).get("model", ""))
 
 
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -104,27 +115,30 @@ def set_progress(db: Database, job_id: str, progress: dict[str, Any]) -> None:
 
 
 def list_jobs(db: Database, owner: str | None, status: str | None, kind: str | None, limit: int,
-              offset: int) -> tuple[list[dict[str, Any]], int]:
-    """Return jobs that have not expired, newest first, and how many match."""
+              offset: int, models: tuple[str, ...] | None = None) -> tuple[list[dict[str, Any]], int]:
+    """Return jobs that have not expired (of these models only, when given), newest first, and how many match."""
     query: dict[str, Any] = {"expires_at": {"$gte": now_iso()}}
     for field, value in (("owner", owner), ("status", status), ("kind", kind)):
         if value is not None:
             query[field] = value
+    if models is not None:
+        query["params.model"] = {"$in": list(models)}
     total = db.jobs.count_documents(query)
     docs = list(db.jobs.find(query, {"params.rows": 0}).sort("created_at", -1).skip(offset).limit(limit))
     return docs, total
 
 
-def record_event(db: Database, job: dict[str, Any], action: str, outcome: str, details: dict[str, Any]) -> None:
+def record_event(db: Database, job: dict[str, Any], action: str, outcome: str, details: dict[str, Any],
+                 keys: audit_repo.AuditKeys) -> None:
     """Write a job's audit entry from a worker (outside any request)."""
     import socket
 
     audit_repo.append(db, {"time": now_iso(), "actor": f"worker:{socket.gethostname()}", "method": "worker",
                            "role": None, "action": action, "target": job["_id"], "outcome": outcome, "status": None,
-                           "request_id": job["_id"], "client": None, "details": {"owner": job["owner"], **details}})
+                           "request_id": job["_id"], "client": None, "details": {"owner": job["owner"], **details}}, keys)
 
 
-def record_missing_finish(db: Database, job_id: str) -> bool:
+def record_missing_finish(db: Database, job_id: str, keys: audit_repo.AuditKeys) -> bool:
     """For a redelivered task whose job is already finished: write its job.finish entry if it has none.
 
     A worker stores the outcome, then writes the audit entry, then acknowledges the task. One that dies between
@@ -143,7 +157,7 @@ def record_missing_finish(db: Database, job_id: str) -> bool:
     status = doc["status"]
     record_event(db, doc, "job.finish", "success" if status == "succeeded" else status,
                  {"kind": doc["kind"], "status": status, "error": (doc.get("error") or {}).get("code"),
-                  "recorded_on_redelivery": True})
+                  "recorded_on_redelivery": True}, keys)
     return True
 
 

@@ -15,9 +15,14 @@ from server.core.errors import ConflictError, NotFoundError
 ALIAS_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,49}$")
 
 
-class FieldSpec(TypedDict):
+class _FieldRequired(TypedDict):
     name: str
-    type: str
+    type: str  # number | integer | string | boolean | category
+
+
+class FieldSpec(_FieldRequired, total=False):
+    nullable: bool  # null (None, NaN, pd.NA as fits the dtype) is a valid value
+    categories: list[Any]  # a category field's categories, in the order the model was fitted with
 
 
 class VersionDoc(TypedDict, total=False):
@@ -39,6 +44,10 @@ class VersionDoc(TypedDict, total=False):
     created_by: str
     archived: bool
     filename: str
+    methods: list[str] | None  # what the model offers (server/core/model_info.py); None: not known until loaded
+    classes: list[Any] | None  # a classifier's labels, in the order of its probability columns
+    feature_names: list[str] | None  # the named features it was fitted on; None: it takes an array
+    example: dict[str, Any] | None  # one input row, the console form's starting point when there is no reference
 
 
 def create_version(db: Database, doc: VersionDoc) -> VersionDoc:
@@ -61,9 +70,15 @@ def create_version(db: Database, doc: VersionDoc) -> VersionDoc:
     raise ConflictError(f"could not allocate a version for model '{name}': too many concurrent uploads; retry")
 
 
-def list_models(db: Database, prefix: str, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
-    """Return one page of models whose name starts with a prefix, and the total count."""
-    query: dict[str, Any] = {"_id": {"$regex": "^" + re.escape(prefix)}} if prefix else {}
+def list_models(db: Database, prefix: str, limit: int, offset: int,
+                names: tuple[str, ...] | None = None) -> tuple[list[dict[str, Any]], int]:
+    """Return one page of models whose name starts with a prefix (and is one of names, when given), and the total."""
+    clauses: list[dict[str, Any]] = []
+    if prefix:
+        clauses.append({"_id": {"$regex": "^" + re.escape(prefix)}})
+    if names is not None:
+        clauses.append({"_id": {"$in": list(names)}})
+    query: dict[str, Any] = {"$and": clauses} if len(clauses) > 1 else (clauses[0] if clauses else {})
     total = db.models.count_documents(query)
     models = list(db.models.find(query).sort("_id", 1).skip(offset).limit(limit))
     for model in models:

@@ -9,9 +9,12 @@ Celery protocol-2 task message (JSON); the answer as a Celery-shaped result (``s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 import orjson
+
+if TYPE_CHECKING:
+    from server.core.models_repo import FieldSpec
 
 PREDICT_TASK = "runtime.predict"  # synchronous: answered to the caller's listener or reply queue
 PREDICT_JOB_TASK = "runtime.predict_job"  # asynchronous: args [job_id]; the request is stored with the job
@@ -45,18 +48,29 @@ class ModelRef(TypedDict):
 
 @dataclass(frozen=True, slots=True)
 class PredictRequest:
-    """One prediction: rows (lists in the model's feature order) for one model version."""
+    """One prediction: rows (lists in the input schema's order) for one model version and one of its methods.
+
+    ``columns`` (the input schema: names, types, nullability, categories) travels only for models that take a
+    DataFrame, which the worker builds with those names and dtypes; other models get the rows as an array.
+    """
 
     model: ModelRef
     rows: list[list[Any]]
+    method: str = "predict"
+    columns: list[FieldSpec] | None = None
 
     def to_args(self) -> list[Any]:
         """Return the task's positional arguments."""
-        return [{"model": self.model, "rows": self.rows}]
+        return [self.to_dict()]
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the request as stored with an asynchronous job."""
-        return {"model": self.model, "rows": self.rows}
+        """Return the request as it travels (and is stored with an asynchronous job)."""
+        data: dict[str, Any] = {"model": self.model, "rows": self.rows}
+        if self.method != "predict":
+            data["method"] = self.method
+        if self.columns is not None:
+            data["columns"] = self.columns
+        return data
 
     @classmethod
     def from_dict(cls, data: Any) -> PredictRequest:
@@ -66,7 +80,10 @@ class PredictRequest:
         model, rows = data.get("model"), data.get("rows")
         if not isinstance(model, dict) or not isinstance(model.get("sha256"), str) or not isinstance(rows, list):
             raise WireError("a prediction request needs 'model' (with its sha256) and 'rows'")
-        return cls(model=model, rows=rows)  # type: ignore[arg-type]
+        method, columns = data.get("method", "predict"), data.get("columns")
+        if not isinstance(method, str) or (columns is not None and not isinstance(columns, list)):
+            raise WireError("a prediction request's 'method' is a string and its 'columns' a list")
+        return cls(model=model, rows=rows, method=method, columns=columns)  # type: ignore[arg-type]
 
     @classmethod
     def from_args(cls, args: Any) -> PredictRequest:
@@ -99,6 +116,7 @@ class PredictOutcome:
     # pause of the process (the inline gate in runtime/predict_handler.py)
     process_cpu_ms: float | None = None
     lane: Lane = "task"
+    classes: list[Any] | None = None  # class labels, for methods that answer one column per class
     error_code: str = ""
     error_message: str = ""
 
@@ -109,8 +127,11 @@ class PredictOutcome:
     def to_dict(self) -> dict[str, Any]:
         if not self.ok:
             return {"ok": False, "error": {"code": self.error_code, "message": self.error_message}, "lane": self.lane}
-        return {"ok": True, "predictions": self.predictions, "cold": self.cold, "load_ms": self.load_ms,
+        data = {"ok": True, "predictions": self.predictions, "cold": self.cold, "load_ms": self.load_ms,
                 "model_ms": self.model_ms, "process_cpu_ms": self.process_cpu_ms, "lane": self.lane}
+        if self.classes is not None:
+            data["classes"] = self.classes
+        return data
 
     @classmethod
     def from_dict(cls, data: Any) -> PredictOutcome:
@@ -123,7 +144,7 @@ class PredictOutcome:
                        error_message=str(error.get("message", "")), lane=lane)
         return cls(ok=True, predictions=data.get("predictions") or [], cold=bool(data.get("cold")),
                    load_ms=data.get("load_ms", 0.0), model_ms=data.get("model_ms", 0.0),
-                   process_cpu_ms=data.get("process_cpu_ms"), lane=lane)
+                   process_cpu_ms=data.get("process_cpu_ms"), lane=lane, classes=data.get("classes"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -240,10 +240,10 @@ def observed(fn: F) -> F:
     """Count a predict call's failures (successes are counted inside it, where timings are known)."""
 
     @wraps(fn)
-    def wrapper(ctx: Any, principal: Any, name: str, inputs: Any, ref: Any, request_id: str) -> Any:
+    def wrapper(ctx: Any, principal: Any, name: str, inputs: Any, ref: Any, request_id: str, *args: Any) -> Any:
         started = time.perf_counter()
         try:
-            return fn(ctx, principal, name, inputs, ref, request_id)
+            return fn(ctx, principal, name, inputs, ref, request_id, *args)
         except Exception as exc:
             if ctx.metrics is not None:
                 ctx.metrics.record_error(name, _lookup(ctx, name, ref), exc if isinstance(exc, ModelDeckError) else None,

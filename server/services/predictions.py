@@ -13,7 +13,8 @@ from server.services.auth import Principal
 from server.services.context import Context
 from server.core import jobs_repo, models_repo, pools_repo, wire
 from server.core.keys_repo import role_rank
-from server.core.errors import ForbiddenError, ModelFailedError, NotFoundError, UnavailableError
+from server.core.errors import ForbiddenError, InvalidInputError, ModelFailedError, NotFoundError, UnavailableError
+from server.core.model_info import METHODS
 from server.core.models_repo import VersionDoc
 from server.services.validation import validate_rows
 from server.services.metrics import observed
@@ -30,6 +31,21 @@ class PredictResult:
     request_id: str
     timings: dict[str, float]
     cold_start: bool = False  # the pool was scaled to zero and a worker was started for this request
+    classes: list[Any] | None = None  # for methods that answer one column per class
+
+
+def predict_request(doc: VersionDoc, rows: list[list[Any]], method: str) -> wire.PredictRequest:
+    """Build the request for a worker, refusing a method the version is known not to offer (400)."""
+    offered = doc.get("methods")
+    if method not in METHODS or (offered is not None and method not in offered):
+        available = offered if offered is not None else list(METHODS)
+        raise InvalidInputError(
+            f"field 'method': model '{doc['name']}' version {doc['version']} has no method {method!r}; "
+            f"available: {', '.join(available)}",
+            {"field": "method", "value": method, "expected": available})
+    # Only a model fitted on named features (or one not inspected at upload) needs the column types.
+    columns = doc.get("input_schema") if doc.get("feature_names") is not None or offered is None else None
+    return wire.PredictRequest(model=wire.model_ref(doc), rows=rows, method=method, columns=columns)
 
 
 def resolve(ctx: Context, principal: Principal, name: str, ref: int | str | None) -> VersionDoc:
@@ -71,16 +87,17 @@ def check_pool(ctx: Context, doc: VersionDoc, wait: bool = False) -> bool:
 
 
 @observed
-def predict(ctx: Context, principal: Principal, name: str, inputs: Any, ref: int | str | None, request_id: str) -> PredictResult:
+def predict(ctx: Context, principal: Principal, name: str, inputs: Any, ref: int | str | None, request_id: str,
+            method: str = "predict") -> PredictResult:
     """Validate rows and run them on a worker of the model's pool, waiting for the answer."""
     started = time.perf_counter()
     doc = resolve(ctx, principal, name, ref)
     rows = validate_rows(inputs, doc.get("input_schema"), ctx.settings.max_predict_rows)
+    request = predict_request(doc, rows, method)
     cold_pool = check_pool(ctx, doc, wait=True)
     routed = time.perf_counter()
     # A worker started for this request still imports its libraries: allow it the cold-start budget.
     timeout = max(ctx.settings.predict_timeout_s, ctx.settings.cold_start_timeout_s) if cold_pool else ctx.settings.predict_timeout_s
-    request = wire.PredictRequest(model=wire.model_ref(doc), rows=rows)
     reply = ctx.router.call(doc["pool"], request, timeout, request_id)
     outcome = reply.outcome
     if outcome is None:
@@ -90,6 +107,8 @@ def predict(ctx: Context, principal: Principal, name: str, inputs: Any, ref: int
         details = {"code": outcome.error_code, "model": name, "version": doc["version"]}
         if outcome.error_code == "worker_lost":
             raise UnavailableError(outcome.error_message, details)
+        if outcome.error_code == "method_unavailable":
+            raise InvalidInputError(outcome.error_message, details)
         raise ModelFailedError(outcome.error_message, details)
     done = time.perf_counter()
     timings = {
@@ -100,17 +119,18 @@ def predict(ctx: Context, principal: Principal, name: str, inputs: Any, ref: int
     }
     if ctx.metrics is not None:
         after_response(ctx.metrics.record_success, doc, rows, outcome, timings)  # counted once the answer is out
-    return PredictResult(outcome.predictions, name, doc["version"], request_id, timings, cold_pool)
+    return PredictResult(outcome.predictions, name, doc["version"], request_id, timings, cold_pool, outcome.classes)
 
 
-def submit_job(ctx: Context, principal: Principal, name: str, inputs: Any, ref: int | str | None) -> dict[str, Any]:
+def submit_job(ctx: Context, principal: Principal, name: str, inputs: Any, ref: int | str | None,
+               method: str = "predict") -> dict[str, Any]:
     """Validate rows, record a queued job and send it durably; the job is removed if sending fails."""
     doc = resolve(ctx, principal, name, ref)
     rows = validate_rows(inputs, doc.get("input_schema"), ctx.settings.max_predict_rows)
+    request = predict_request(doc, rows, method)
     check_pool(ctx, doc)
     job_id = "job_" + uuid.uuid4().hex
-    request = wire.PredictRequest(model=wire.model_ref(doc), rows=rows)
-    params = {"model": name, "version": doc["version"], "request": request.to_dict()}
+    params = {"model": name, "version": doc["version"], "method": method, "request": request.to_dict()}
     job = jobs_repo.create_job(ctx.db, job_id, "predict", principal.subject, params, ctx.settings.job_result_ttl_s)
     try:
         ctx.router.send(doc["pool"], wire.PREDICT_JOB_TASK, [job_id], job_id)
@@ -127,6 +147,7 @@ def job_view(job: dict[str, Any], principal: Principal) -> dict[str, Any]:
     return {
         "id": job["_id"], "kind": job["kind"], "status": job["status"], "owner": job["owner"],
         "model": job["params"]["model"], "version": job["params"]["version"],
+        "method": job["params"].get("method", "predict"),
         "created_at": job["created_at"], "started_at": job["started_at"], "finished_at": job["finished_at"],
         "result": job["result"], "error": job["error"], "progress": job.get("progress"),
         "attempts": job.get("attempts", 0), "updated_at": job.get("updated_at"),

@@ -15,6 +15,7 @@ from server.core import models_repo
 from server.core.artifacts import put_artifact
 from server.core.errors import ForbiddenError, InvalidInputError, UnprocessableError
 from server.core.formats import PICKLE_FORMATS, check_artifact
+from server.core.model_info import ModelInfo, describe_estimator, describe_onnx
 from server.core.keys_repo import role_rank
 from server.core.models_repo import FieldSpec, VersionDoc
 from server.core.settings import Settings
@@ -28,8 +29,13 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 
 
 class SchemaField(BaseModel):
+    model_config = {"extra": "forbid"}
+
     name: str = Field(min_length=1, max_length=100)
-    type: Literal["number", "integer", "string", "boolean"]
+    type: Literal["number", "integer", "string", "boolean", "category"]
+    nullable: bool = Field(default=False, description="null is a valid value (NaN / None / pd.NA for the model)")
+    categories: list[str | int] | None = Field(default=None, max_length=10000,
+                                               description="a category field's categories, in the model's order")
 
 
 class MonitoringPolicy(BaseModel):
@@ -67,6 +73,7 @@ class UploadMetadata(BaseModel):
     description: str = Field(default="", max_length=2000)
     requirements: list[str] = Field(default_factory=list)
     monitoring: MonitoringPolicy | None = None
+    example: dict[str, Any] | None = Field(default=None, description="one input row: where the console's form starts")
 
 
 def parse_metadata(raw: str | None) -> UploadMetadata:
@@ -125,10 +132,15 @@ def upload_model(
         raise InvalidInputError(f"file '{file.filename}' is empty")
     # An archive may not unpack to more than an upload may be (zip bombs).
     trusted = check_artifact(meta.format, stream, settings.skops_trusted_prefixes, settings.max_upload_bytes)
-    schema: list[FieldSpec] | None = [FieldSpec(name=f.name, type=f.type) for f in meta.input_schema] if meta.input_schema else None
+    info = inspect_model(meta.format, stream, trusted, size, settings)
+    schema: list[FieldSpec] | None = [_field(f) for f in meta.input_schema] if meta.input_schema else None
     stats = None
     if reference is not None and reference.filename:
+        given = schema
         schema, stats = parse_reference(reference.stream.read(), schema)
+        if given is None and info is not None and info.feature_names is not None:
+            schema, stats = _features_only(schema, stats, info.feature_names)
+    schema = reconcile_schema(meta.name, schema, info)
     art = put_artifact(db, stream)
     doc: VersionDoc = {
         "name": meta.name, "format": meta.format, "pool": meta.pool, "min_memory_mb": meta.min_memory_mb or 0,
@@ -136,7 +148,80 @@ def upload_model(
         "requirements": meta.requirements, "trusted_types": trusted, "reference_stats": stats,
         "created_by": principal.subject, "filename": client_filename(file.filename),
         "monitoring": meta.monitoring.model_dump() if meta.monitoring else None,
+        "methods": info.methods if info else None, "classes": info.classes if info else None,
+        "feature_names": info.feature_names if info else None, "example": meta.example,
     }
     if meta.format in PICKLE_FORMATS:
         logger.warning("pickle-format model %s uploaded by %s", meta.name, principal.subject)
     return models_repo.create_version(db, doc)
+
+
+def _field(f: SchemaField) -> FieldSpec:
+    spec = FieldSpec(name=f.name, type=f.type)
+    if f.nullable:
+        spec["nullable"] = True
+    if f.categories is not None:
+        spec["categories"] = f.categories
+    return spec
+
+
+def inspect_model(fmt: str, stream: IO[bytes], trusted: list[str], size: int, settings: Settings) -> ModelInfo | None:
+    """Read what a model offers from a checked skops file (loaded with only its checked types) or an ONNX graph.
+
+    Pickles are never loaded here: they are code, and the API does not run uploaded code.
+    """
+    try:
+        if fmt == "skops" and size <= settings.upload_inspect_max_mb * 2**20:
+            import skops.io
+
+            return describe_estimator(skops.io.loads(stream.read(), trusted=trusted))
+        if fmt == "onnx":
+            import onnx
+
+            return describe_onnx(onnx.load_model_from_string(stream.read()))
+        return None
+    except ImportError as exc:
+        # The API's environment lacks a library the model needs; a pool's workers may have it (requirements).
+        logger.warning("model needs %s, which the API lacks: its methods are found when a worker loads it", exc.name)
+        return None
+    except Exception as exc:  # any other library error while loading is the artifact's fault
+        raise UnprocessableError(f"model file could not be loaded: {type(exc).__name__}: {str(exc)[:300]}") from exc
+    finally:
+        stream.seek(0)
+
+
+def _features_only(schema: list[FieldSpec], stats: dict[str, Any], features: list[str]) -> tuple[list[FieldSpec], dict[str, Any]]:
+    """Keep a reference sample's columns that are the model's features, in the model's order."""
+    by_name = {f["name"]: f for f in schema}
+    missing = [n for n in features if n not in by_name]
+    if missing:
+        raise UnprocessableError(
+            f"reference sample lacks the model's feature(s) {', '.join(missing)}; its columns are {', '.join(by_name)}",
+            {"missing": missing, "model_features": features})
+    stats = {**stats, "features": {n: stats["features"][n] for n in features}}
+    return [by_name[n] for n in features], stats
+
+
+def reconcile_schema(name: str, schema: list[FieldSpec] | None, info: ModelInfo | None) -> list[FieldSpec] | None:
+    """Check a schema against the named features the model was fitted on, or infer one from them."""
+    if info is None or info.feature_names is None:
+        return schema
+    features = info.feature_names
+    if schema is None:
+        if info.selects_by_name:
+            raise UnprocessableError(
+                f"model '{name}' was fitted on named features ({', '.join(features)}) whose types cannot be read "
+                "off the model; send 'input_schema' in the metadata or a 'reference' CSV with those columns",
+                {"model_features": features})
+        return [FieldSpec(name=n, type="number") for n in features]
+    names = [f["name"] for f in schema]
+    if set(names) != set(features):
+        extra = [n for n in names if n not in features]
+        lacking = [n for n in features if n not in names]
+        raise UnprocessableError(
+            f"input_schema contradicts the features model '{name}' was fitted on: the schema names "
+            f"{', '.join(names)}; the model takes {', '.join(features)}"
+            + (f" (not in the model: {', '.join(extra)})" if extra else "")
+            + (f" (missing from the schema: {', '.join(lacking)})" if lacking else ""),
+            {"schema": names, "model_features": features})
+    return schema

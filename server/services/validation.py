@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 from server.core.errors import InvalidInputError, PayloadTooLargeError, UnprocessableError
 from server.core.models_repo import FieldSpec
 
-TYPES = ("number", "integer", "string", "boolean")
+TYPES = ("number", "integer", "string", "boolean", "category")
 REFERENCE_SAMPLE = 1000
 
 
@@ -26,6 +26,8 @@ def _type_ok(value: Any, kind: str) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
     if kind == "string":
         return isinstance(value, str)
+    if kind == "category":
+        return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
     return isinstance(value, bool)
 
 
@@ -47,13 +49,16 @@ def _echo(value: Any) -> Any:
     return short_repr(value)
 
 
-_EXPECTED = {"number": "a number", "integer": "an integer", "string": "a string", "boolean": "true or false"}
+_EXPECTED = {"number": "a number", "integer": "an integer", "string": "a string", "boolean": "true or false",
+             "category": "a category (a string or an integer)"}
 
 
-def _bad_value(i: int, name: str, value: Any, kind: str) -> UnprocessableError:
+def _bad_value(i: int, spec: FieldSpec, value: Any) -> UnprocessableError:
+    kind = spec["type"]
+    expected = _EXPECTED[kind] + (" or null" if spec.get("nullable") else "")
     return UnprocessableError(
-        f"row {i}, field '{name}': expected {_EXPECTED[kind]}, got {short_repr(value)}",
-        {"row": i, "field": name, "value": _echo(value), "expected": kind},
+        f"row {i}, field '{spec['name']}': expected {expected}, got {short_repr(value)}",
+        {"row": i, "field": spec["name"], "value": _echo(value), "expected": kind},
     )
 
 
@@ -124,8 +129,8 @@ def validate_rows(rows: Any, schema: list[FieldSpec] | None, max_rows: int | Non
                 {"row": i},
             )
         for spec, value in zip(schema, values):
-            if not _type_ok(value, spec["type"]):
-                raise _bad_value(i, spec["name"], value, spec["type"])
+            if not _type_ok(value, spec["type"]) and not (value is None and spec.get("nullable")):
+                raise _bad_value(i, spec, value)
         out.append(values)
     return out
 
@@ -183,6 +188,9 @@ def parse_reference(data: bytes, schema: list[FieldSpec] | None) -> tuple[list[F
     columns = {name: [r[k] for r in rows] for k, name in enumerate(header)}
     if schema is None:
         schema = [FieldSpec(name=n, type=_infer_type(v)) for n, v in columns.items()]
+        for spec in schema:
+            if "" in columns[spec["name"]]:
+                spec["nullable"] = True  # a blank cell is a missing value the model saw
     else:
         missing = [f["name"] for f in schema if f["name"] not in columns]
         if missing:
@@ -199,9 +207,15 @@ def parse_reference(data: bytes, schema: list[FieldSpec] | None) -> tuple[list[F
                 raise UnprocessableError(
                     f"reference sample column '{spec['name']}' should hold numbers for the schema: {exc}"
                 ) from exc
+            if not nums:
+                # Nothing to measure drift against (min() of nothing was a 500).
+                raise UnprocessableError(
+                    f"reference sample column '{spec['name']}': expected numbers (the input schema says "
+                    f"{spec['type']}), got {len(values)} blank values; fill it in, or leave the column out",
+                    {"column": spec["name"]})
             stats["features"][spec["name"]] = {
                 "type": spec["type"], "min": min(nums), "max": max(nums), "mean": statistics.fmean(nums),
-                "std": statistics.pstdev(nums), "sample": nums[:REFERENCE_SAMPLE],
+                "median": statistics.median(nums), "std": statistics.pstdev(nums), "sample": nums[:REFERENCE_SAMPLE],
             }
         else:
             counts: dict[str, int] = {}
