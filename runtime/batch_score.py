@@ -37,7 +37,8 @@ def score_chunk(state: WorkerState, params: dict[str, Any], table: pa.Table, fir
         pa.types.is_integer(t) or pa.types.is_floating(t) for t in (table.schema.field(f).type for f in features)))
     rows: Any = numeric_matrix(table, features, first_row) if as_numbers else feature_rows(table, features)
     # run_prediction's model runner takes any 2-D sequence: an ndarray goes to the model without a copy.
-    outcome = run_prediction(state, wire.PredictRequest(model=params["model_ref"], rows=cast(list[list[Any]], rows)))
+    outcome = run_prediction(state, wire.PredictRequest(model=params["model_ref"], rows=cast(list[list[Any]], rows),
+                                                         columns=params.get("columns")))
     if not outcome.ok:
         raise BatchError(outcome.error_code, outcome.error_message)
     if len(outcome.predictions) != table.num_rows:

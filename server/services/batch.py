@@ -151,6 +151,8 @@ def submit_batch(ctx: Context, principal: Principal, model: str, ref: int | str 
     params = {"model": model, "version": doc["version"], "model_ref": wire.model_ref(doc), "source": src,
               "destination": dest, "features": features, "keep": [c for c in source.keep if c not in keys],
               "feature_types": [f["type"] for f in doc.get("input_schema") or []] or None,
+              # As for predict: a model fitted on named features gets a DataFrame typed by the input schema.
+              "columns": doc.get("input_schema") if doc.get("feature_names") is not None or doc.get("methods") is None else None,
               "chunk_rows": chunk_rows or ctx.settings.batch_chunk_rows}
     progress = {"rows_done": 0, "rows_total": None, "chunks_done": 0}
     job = jobs_repo.create_job(ctx.db, job_id, "batch", principal.subject, params, ctx.settings.batch_result_ttl_s, progress)
