@@ -113,7 +113,7 @@ def score_in_one_pass(state: WorkerState, job: dict[str, Any]) -> dict[str, Any]
 
 def plan_and_fan_out(state: WorkerState, job: dict[str, Any]) -> None:
     """Plan a splittable job (once), score its first chunk here, queue the rest for every worker of the pool."""
-    from runtime.batch_chunks import run_chunk
+    from runtime.batch_chunks import context, run_chunk, settle
 
     params, job_id, db = job["params"], job["_id"], state.db
     plan = jobs_repo.get_plan(db, job_id)
@@ -128,6 +128,16 @@ def plan_and_fan_out(state: WorkerState, job: dict[str, Any]) -> None:
         return
     run_chunk(state, job_id, plan[0])
     settled = {d["n"] for d in db.job_chunks.find({"job": job_id}, {"n": 1})}
+    status = db.jobs.find_one({"_id": job_id}, {"status": 1, "stop_error": 1}) or {}
+    if status.get("status") == "cancelling" or status.get("stop_error"):
+        # Stopped by the first chunk or cancelled meanwhile: account for the rest here instead of queueing them.
+        for chunk in plan[1:]:
+            if chunk["n"] not in settled:
+                jobs_repo.record_chunk(db, job_id, chunk["n"], 0, "skipped", "planner")
+        ctx = context(state, job_id)
+        if ctx is not None:
+            settle(state, ctx)
+        return
     queue = state.settings.queue_name(state.settings.worker_pool)
     for chunk in plan[1:]:
         if chunk["n"] not in settled:

@@ -256,3 +256,18 @@ def test_a_dataframe_pipeline_scores_a_warehouse_table_with_strings_booleans_and
     scored = postgres.execute("SELECT id, prediction FROM customers_b_scores ORDER BY id")
     assert [r[0] for r in scored] == list(range(3000))
     assert [r[1] for r in scored] == model.predict(rows).tolist()
+
+
+def test_a_bad_first_chunk_stops_the_job_before_the_rest_is_queued(stack: Stack, operator: Client, dw: str,
+                                                                 pool: tuple[str, str, list[Proc]], postgres: Postgres) -> None:
+    _, model, _ = pool
+    postgres.execute("CREATE TABLE bad_first AS SELECT * FROM pool_rows WHERE id <= 5000")
+    postgres.execute("ALTER TABLE bad_first ADD PRIMARY KEY (id)")
+    postgres.execute("UPDATE bad_first SET petal_length = NULL WHERE id = 3")
+    job = wait_done(operator, start(operator, {"model": model, "source": {"datasource": dw, "table": "bad_first"},
+                                               "destination": {"format": "csv"}, "chunk_rows": 100}))
+    assert job["status"] == "failed"
+    assert job["error"]["message"] == "source row 2, column 'petal_length': expected a number, got None"
+    assert job["source"]["order"] == "key" and job["progress"]["rows_done"] == 0
+    accounts = list(stack.db.job_chunks.find({"job": job["id"]}, {"state": 1, "worker": 1}))
+    assert len(accounts) == 50 and sum(a["worker"] == "planner" and a["state"] == "skipped" for a in accounts) == 49
