@@ -120,9 +120,9 @@ def plan_and_fan_out(state: WorkerState, job: dict[str, Any]) -> None:
     if plan is None:
         open_sink(state, job).committed()  # creates the marker table; refuses an existing table before any work
         plan = jobs_repo.save_plan(db, job_id, batch_plan.plan_chunks(state.settings, db, params["source"], params["chunk_rows"]))
-        progress = {"rows_done": 0, "rows_total": sum(c["rows"] for c in plan), "chunks_done": 0}
-        jobs_repo.set_progress(db, job_id, progress)
-        db.jobs.update_one({"_id": job_id}, {"$set": {"chunks_total": len(plan)}})
+    # Once, also when a planner died between storing the plan and this: no chunk settles the job before it.
+    db.jobs.update_one({"_id": job_id, "chunks_total": {"$exists": False}}, {"$set": {
+        "chunks_total": len(plan), "progress": {"rows_done": 0, "rows_total": sum(c["rows"] for c in plan), "chunks_done": 0}}})
     if not plan:
         finish(state, job, open_sink(state, job).finish(0, 0), None, "succeeded")
         return
