@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     p_logs.add_argument("component", nargs="?", choices=stack.COMPONENTS)
     p_logs.add_argument("-n", "--lines", type=int, default=40)
     p_logs.set_defaults(func=_cmd_logs)
-    p_compose = sub.add_parser("compose", help="the docker-compose stack: init (write .env), config, up, down, ps, logs",
+    p_compose = sub.add_parser("compose", help="the docker-compose stack: init (write .env), config, up, down, ps, logs, smoke (build, run, check)",
                                add_help=False)
     p_compose.set_defaults(func=None)
     argv = sys.argv[1:] if argv is None else argv

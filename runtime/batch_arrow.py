@@ -80,10 +80,10 @@ def prediction_array(predictions: list[Any]) -> pa.Array:
     return pa.array(predictions)
 
 
-def output_table(table: pa.Table, first_row: int, carried: list[str], predictions: pa.Array) -> pa.Table:
-    """Return a chunk's output: row_number, the carried columns (key, keep) and prediction."""
+def output_table(table: pa.Table, first_row: int, carried: list[str], outputs: dict[str, pa.Array]) -> pa.Table:
+    """Return a chunk's output: row_number, the carried columns (key, keep) and the model's output columns."""
     data: dict[str, Any] = {"row_number": pa.array(np.arange(first_row, first_row + table.num_rows, dtype=np.int64))}
     for name in carried:
         data[name] = table.column(name)
-    data["prediction"] = predictions
+    data.update(outputs)
     return pa.table(data)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, cast
 
+import numpy as np
 import pyarrow as pa
 
 from runtime.batch_arrow import BatchError, feature_rows, numeric_matrix, output_table, prediction_array
@@ -37,11 +38,17 @@ def score_chunk(state: WorkerState, params: dict[str, Any], table: pa.Table, fir
         pa.types.is_integer(t) or pa.types.is_floating(t) for t in (table.schema.field(f).type for f in features)))
     rows: Any = numeric_matrix(table, features, first_row) if as_numbers else feature_rows(table, features)
     # run_prediction's model runner takes any 2-D sequence: an ndarray goes to the model without a copy.
-    outcome = run_prediction(state, wire.PredictRequest(model=params["model_ref"], rows=cast(list[list[Any]], rows),
-                                                         columns=params.get("columns")))
+    request = wire.PredictRequest(model=params["model_ref"], rows=cast(list[list[Any]], rows),
+                                  method=params.get("method", "predict"), columns=params.get("columns"))
+    outcome = run_prediction(state, request)
     if not outcome.ok:
         raise BatchError(outcome.error_code, outcome.error_message)
     if len(outcome.predictions) != table.num_rows:
         raise BatchError("model_failed", f"the model returned {len(outcome.predictions)} predictions for "
                                          f"{table.num_rows} rows")
-    return output_table(table, first_row, carried(params), prediction_array(outcome.predictions))
+    names = params.get("outputs") or ["prediction"]
+    if len(names) == 1:
+        return output_table(table, first_row, carried(params), {names[0]: prediction_array(outcome.predictions)})
+    # One probability column per class, in the classes' order (server/services/batch.py names them).
+    matrix = np.asarray(outcome.predictions, dtype=np.float64)
+    return output_table(table, first_row, carried(params), {n: pa.array(matrix[:, k]) for k, n in enumerate(names)})

@@ -246,3 +246,32 @@ def test_the_head_file_never_moves_back(tmp_path: Path, private: Stack) -> None:
     assert kept["seq"] == 3 and kept["mac"] == docs[2]["hash"]
     expected = hmac.new(keys.current, f"modeldeck audit head|3|{docs[2]['hash']}".encode(), hashlib.sha256).hexdigest()
     assert kept["signature"] == expected
+
+
+def test_a_head_kept_from_an_earlier_answer_catches_a_tail_deleted_with_the_head_file_lost(
+        stack: Stack, admin: Client, restore: list[dict[str, Any]]) -> None:
+    kept = verify(admin)["head"]
+    head_file = stack.settings.home / "state" / "audit-head.json"
+    saved_file = head_file.read_bytes()
+    total = kept["seq"]
+    stack.db.audit.delete_many({"seq": {"$gt": total - 3}})
+    new_tail = stack.db.audit.find_one({"seq": total - 3})
+    stack.db.audit_head.update_one({"_id": "head"}, {"$set": {"seq": new_tail["seq"], "hash": new_tail["hash"]}})
+    head_file.write_bytes(b"")  # the state directory was lost: this host's head starts over
+    try:
+        # The limit of the head file: with it gone, the shortened chain verifies ...
+        assert verify(admin)["valid"] is True
+        # ... and the head the operator kept still catches it.
+        resp = admin.get("/api/v1/audit/verify", params={"head_seq": kept["seq"], "head_mac": kept["mac"]})
+        assert resp.json()["first_broken"] == {
+            "seq": total - 2, "reason": f"entries {total - 2} to {total} were deleted from the end (the head you kept "
+                                        f"names entry {total})"}
+    finally:
+        head_file.write_bytes(saved_file)
+
+
+def test_a_kept_head_needs_both_its_parts(admin: Client) -> None:
+    resp = admin.get("/api/v1/audit/verify", params={"head_seq": 3})
+    assert (resp.status_code, resp.json()["error"]["message"]) == (400, (
+        "query parameters 'head_seq' and 'head_mac': give both (from the 'head' of an earlier answer) or neither, "
+        "got head_seq=3, head_mac=None"))

@@ -56,7 +56,8 @@ def missing_job(job_id: str) -> NotFoundError:
 
 def job_model(db: Database, job_id: str) -> str | None:
     """Return the name of the model a job runs, or None when there is no such job."""
-    doc = db.jobs.find_one({"_id": job_id}, {"params.model": 1})
+    # The whole params: nx-27017 does not return a dotted projection's field.
+    doc = db.jobs.find_one({"_id": job_id}, {"params": 1})
     return None if doc is None else str(doc.get("params", {}).get("model", ""))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from pathlib import Path
 from typing import Any, Literal
@@ -12,7 +13,8 @@ from server.services import predictions
 from server.services.auth import Principal
 from server.services.context import Context
 from server.core import datasources_repo, files, jobs_repo, sqlsource, wire
-from server.core.errors import ConflictError, InvalidInputError, UnavailableError, UnprocessableError
+from server.core.model_info import PROBA_METHODS
+from server.core.errors import ConflictError, InvalidInputError, UnprocessableError
 from server.services.datasources import require_access, url_of
 
 Scalar = str | int | float | bool | None
@@ -123,10 +125,26 @@ def _destination(ctx: Context, principal: Principal, dest: DestinationSpec) -> d
     return {"kind": "sql", "datasource": dest.datasource, "table": table, "schema": schema, "if_exists": dest.if_exists}
 
 
+def output_columns(doc: Any, method: str) -> list[str]:
+    """Name the columns a job writes its model's answer to: one per class for probabilities, else 'prediction'."""
+    classes = doc.get("classes")
+    if method not in PROBA_METHODS or not classes:
+        return ["prediction"]
+    names = ["proba_" + re.sub(r"[^A-Za-z0-9_]", "_", str(label)) for label in classes]
+    if len(set(names)) < len(names):
+        raise UnprocessableError(
+            f"model '{doc['name']}' has class labels that give the same column name ({', '.join(map(str, classes))}); "
+            "use method 'predict', or labels that differ in letters, digits or '_'", {"classes": classes})
+    return names
+
+
 def submit_batch(ctx: Context, principal: Principal, model: str, ref: int | str | None, source: SourceSpec,
-                 destination: DestinationSpec | None, chunk_rows: int | None, upload: dict[str, Any] | None = None) -> dict[str, Any]:
+                 destination: DestinationSpec | None, chunk_rows: int | None, upload: dict[str, Any] | None = None,
+                 method: str = "predict") -> dict[str, Any]:
     """Record a queued batch-scoring job and send it durably to the model's pool."""
     doc = predictions.resolve(ctx, principal, model, ref)
+    predictions.check_method(doc, method)
+    outputs = output_columns(doc, method)
     if destination is None:
         raise InvalidInputError("field 'destination': expected {'format': 'csv' | 'parquet'} or "
                                 "{'datasource': ..., 'table': ...}, got nothing")
@@ -143,22 +161,16 @@ def submit_batch(ctx: Context, principal: Principal, model: str, ref: int | str 
     _check_columns(columns, source.keep, "in 'source.keep'")
     _check_columns(columns, keys, "'source.key'")
     for name in (*keys, *source.keep):
-        if name in ("row_number", "prediction"):
-            raise InvalidInputError(f"source column '{name}' clashes with an output column (row_number, prediction); "
-                                    "rename it in the query")
+        if name in ("row_number", *outputs):
+            raise InvalidInputError(f"source column '{name}' clashes with an output column (row_number, "
+                                    f"{', '.join(outputs)}); rename it in the query")
     predictions.check_pool(ctx, doc)
     job_id = "job_" + uuid.uuid4().hex
     params = {"model": model, "version": doc["version"], "model_ref": wire.model_ref(doc), "source": src,
               "destination": dest, "features": features, "keep": [c for c in source.keep if c not in keys],
               "feature_types": [f["type"] for f in doc.get("input_schema") or []] or None,
-              # As for predict: a model fitted on named features gets a DataFrame typed by the input schema.
-              "columns": doc.get("input_schema") if doc.get("feature_names") is not None or doc.get("methods") is None else None,
+              "method": method, "columns": predictions.frame_columns(doc), "outputs": outputs,
               "chunk_rows": chunk_rows or ctx.settings.batch_chunk_rows}
     progress = {"rows_done": 0, "rows_total": None, "chunks_done": 0}
     job = jobs_repo.create_job(ctx.db, job_id, "batch", principal.subject, params, ctx.settings.batch_result_ttl_s, progress)
-    try:
-        ctx.router.send(doc["pool"], wire.BATCH_JOB_TASK, [job_id], job_id)
-    except UnavailableError:
-        jobs_repo.delete_job(ctx.db, job_id)
-        raise
-    return job
+    return predictions.queue_job(ctx, doc["pool"], wire.BATCH_JOB_TASK, job)

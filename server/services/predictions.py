@@ -34,8 +34,8 @@ class PredictResult:
     classes: list[Any] | None = None  # for methods that answer one column per class
 
 
-def predict_request(doc: VersionDoc, rows: list[list[Any]], method: str) -> wire.PredictRequest:
-    """Build the request for a worker, refusing a method the version is known not to offer (400)."""
+def check_method(doc: VersionDoc, method: str) -> None:
+    """Refuse a method the version is known not to offer (400 naming those it has)."""
     offered = doc.get("methods")
     if method not in METHODS or (offered is not None and method not in offered):
         available = offered if offered is not None else list(METHODS)
@@ -43,9 +43,19 @@ def predict_request(doc: VersionDoc, rows: list[list[Any]], method: str) -> wire
             f"field 'method': model '{doc['name']}' version {doc['version']} has no method {method!r}; "
             f"available: {', '.join(available)}",
             {"field": "method", "value": method, "expected": available})
-    # Only a model fitted on named features (or one not inspected at upload) needs the column types.
-    columns = doc.get("input_schema") if doc.get("feature_names") is not None or offered is None else None
-    return wire.PredictRequest(model=wire.model_ref(doc), rows=rows, method=method, columns=columns)
+
+
+def frame_columns(doc: VersionDoc) -> list[Any] | None:
+    """The input schema a worker needs to build a DataFrame: for models fitted on named features, or not inspected."""
+    if doc.get("feature_names") is not None or doc.get("methods") is None:
+        return doc.get("input_schema")
+    return None
+
+
+def predict_request(doc: VersionDoc, rows: list[list[Any]], method: str) -> wire.PredictRequest:
+    """Build the request for a worker, refusing a method the version is known not to offer (400)."""
+    check_method(doc, method)
+    return wire.PredictRequest(model=wire.model_ref(doc), rows=rows, method=method, columns=frame_columns(doc))
 
 
 def resolve(ctx: Context, principal: Principal, name: str, ref: int | str | None) -> VersionDoc:
@@ -131,11 +141,18 @@ def submit_job(ctx: Context, principal: Principal, name: str, inputs: Any, ref: 
     check_pool(ctx, doc)
     job_id = "job_" + uuid.uuid4().hex
     params = {"model": name, "version": doc["version"], "method": method, "request": request.to_dict()}
-    job = jobs_repo.create_job(ctx.db, job_id, "predict", principal.subject, params, ctx.settings.job_result_ttl_s)
+    return queue_job(ctx, doc["pool"], wire.PREDICT_JOB_TASK,
+                     jobs_repo.create_job(ctx.db, job_id, "predict", principal.subject, params,
+                                          ctx.settings.job_result_ttl_s))
+
+
+def queue_job(ctx: Context, pool: str, task: str, job: dict[str, Any]) -> dict[str, Any]:
+    """Send a recorded job's task durably to its pool; the job is removed if sending fails, so none is left queued
+    that no worker will ever see."""
     try:
-        ctx.router.send(doc["pool"], wire.PREDICT_JOB_TASK, [job_id], job_id)
+        ctx.router.send(pool, task, [job["_id"]], job["_id"])
     except UnavailableError:
-        jobs_repo.delete_job(ctx.db, job_id)
+        jobs_repo.delete_job(ctx.db, job["_id"])
         raise
     return job
 

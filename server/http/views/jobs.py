@@ -63,11 +63,8 @@ def _accepted(job: dict[str, Any]) -> Response:
 
 def _start_batch(body: JobBody, upload: dict[str, Any] | None = None) -> Response:
     ctx = current_app.extensions["modeldeck"]
-    if body.method != "predict":
-        raise InvalidInputError(f"field 'method': batch jobs write the model's predict output, got {body.method!r}",
-                                {"field": "method", "value": body.method, "expected": ["predict"]})
     job = batch.submit_batch(ctx, g.principal, body.model, body.version, body.source or batch.SourceSpec(),
-                             body.destination, body.chunk_rows, upload)
+                             body.destination, body.chunk_rows, upload, body.method)
     params = job["params"]
     audit.record("job.create", job["_id"], status=202, details={
         "kind": "batch", "model": body.model, "version": params["version"],
