@@ -113,21 +113,31 @@ def score_in_one_pass(state: WorkerState, job: dict[str, Any]) -> dict[str, Any]
 
 def plan_and_fan_out(state: WorkerState, job: dict[str, Any]) -> None:
     """Plan a splittable job (once), score its first chunk here, queue the rest for every worker of the pool."""
-    from runtime.batch_chunks import run_chunk
+    from runtime.batch_chunks import context, run_chunk, settle
 
     params, job_id, db = job["params"], job["_id"], state.db
     plan = jobs_repo.get_plan(db, job_id)
     if plan is None:
         open_sink(state, job).committed()  # creates the marker table; refuses an existing table before any work
         plan = jobs_repo.save_plan(db, job_id, batch_plan.plan_chunks(state.settings, db, params["source"], params["chunk_rows"]))
-        progress = {"rows_done": 0, "rows_total": sum(c["rows"] for c in plan), "chunks_done": 0}
-        jobs_repo.set_progress(db, job_id, progress)
-        db.jobs.update_one({"_id": job_id}, {"$set": {"chunks_total": len(plan)}})
+    # Once, also when a planner died between storing the plan and this: no chunk settles the job before it.
+    db.jobs.update_one({"_id": job_id, "chunks_total": {"$exists": False}}, {"$set": {
+        "chunks_total": len(plan), "progress": {"rows_done": 0, "rows_total": sum(c["rows"] for c in plan), "chunks_done": 0}}})
     if not plan:
         finish(state, job, open_sink(state, job).finish(0, 0), None, "succeeded")
         return
     run_chunk(state, job_id, plan[0])
     settled = {d["n"] for d in db.job_chunks.find({"job": job_id}, {"n": 1})}
+    status = db.jobs.find_one({"_id": job_id}, {"status": 1, "stop_error": 1}) or {}
+    if status.get("status") == "cancelling" or status.get("stop_error"):
+        # Stopped by the first chunk or cancelled meanwhile: account for the rest here instead of queueing them.
+        for chunk in plan[1:]:
+            if chunk["n"] not in settled:
+                jobs_repo.record_chunk(db, job_id, chunk["n"], 0, "skipped", "planner")
+        ctx = context(state, job_id)
+        if ctx is not None:
+            settle(state, ctx)
+        return
     queue = state.settings.queue_name(state.settings.worker_pool)
     for chunk in plan[1:]:
         if chunk["n"] not in settled:

@@ -106,7 +106,7 @@ def run_chunk(state: WorkerState, job_id: str, chunk: Chunk, redelivered: bool =
     counted = jobs_repo.count_settled(db, job_id, rows, outcome == "done")
     # The counter may run ahead of the distinct chunks (a redelivered chunk counts again), never behind.
     logger.debug("job %s chunk %d %s, accounted in %.1f ms", job_id, n, outcome, (time.perf_counter() - accounted) * 1000)
-    if counted is not None and counted["settled_count"] >= counted.get("chunks_total", 0):
+    if counted is not None and "chunks_total" in counted and counted["settled_count"] >= counted["chunks_total"]:
         settle(state, ctx)
 
 
@@ -116,8 +116,10 @@ def settle(state: WorkerState, ctx: JobContext) -> None:
     job = db.jobs.find_one({"_id": job_id})
     if job is None or job["status"] in jobs_repo.FINISHED:
         return
+    if "chunks_total" not in job:
+        return  # the planner has not recorded the plan's size yet; it settles the job itself if need be
     totals = jobs_repo.chunk_totals(db, job_id)
-    if totals["settled"] < job.get("chunks_total", 0):
+    if totals["settled"] < job["chunks_total"]:
         return
     jobs_repo.set_progress(db, job_id, {**(job.get("progress") or {}), "rows_done": totals["rows"],
                                         "chunks_done": totals["done"]})

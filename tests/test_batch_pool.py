@@ -217,3 +217,57 @@ def test_another_database_is_scored_through_sqlalchemy_in_one_pass(stack: Stack,
     assert [r[:2] for r in rows] == [(i, i + 1) for i in range(150)]
     assert [r[2] for r in rows] == iris[0].predict(iris[1]).tolist()
     assert markers == [(4, 150)]
+
+
+def test_a_dataframe_pipeline_scores_a_warehouse_table_with_strings_booleans_and_nulls(
+        admin_key: str, api_url: str, operator: Client, dw: str, postgres: Postgres) -> None:
+    """A model fitted on named features gets each chunk as a DataFrame typed by its input schema, as predict does."""
+    from modeldeck_client import ModelDeck
+    from test_notebook_models import churn_frame
+
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    frame = churn_frame(400, 0)
+    label = (frame["income"].fillna(50) + 2 * frame["visits"] > 80).map({True: "churn", False: "stay"})
+    pre = ColumnTransformer([("categories", OneHotEncoder(handle_unknown="ignore"), ["city", "segment"]),
+                             ("flags", "passthrough", ["member"]),
+                             ("numbers", make_pipeline(SimpleImputer(), StandardScaler()), ["income", "visits"])])
+    model = make_pipeline(pre, LogisticRegression(max_iter=1000)).fit(frame, label)
+    name = unique("churn-batch")
+    ModelDeck(api_url, admin_key).upload(model, name, sample=frame.head(20))
+    rows = churn_frame(3000, 1)
+    postgres.execute("CREATE TABLE customers_b (id int PRIMARY KEY, city text NOT NULL, member boolean NOT NULL, "
+                     "income double precision, visits integer NOT NULL, segment text)")
+    with postgres.connect() as conn, conn.cursor() as cur:
+        cur.executemany("INSERT INTO customers_b VALUES (%s, %s, %s, %s, %s, %s)", [
+            (i, r.city, bool(r.member), None if r.income != r.income else float(r.income), int(r.visits),
+             r.segment if isinstance(r.segment, str) else None)
+            for i, r in enumerate(rows.itertuples())])
+    assert postgres.execute("SELECT count(*) FILTER (WHERE segment IS NULL) > 0, count(*) FILTER (WHERE income IS NULL) > 0 "
+                            "FROM customers_b") == [(True, True)]
+    job = wait_done(operator, start(operator, {"model": name, "source": {"datasource": dw, "table": "customers_b"},
+                                               "destination": {"datasource": dw, "table": "customers_b_scores"},
+                                               "chunk_rows": 700}))
+    assert job["status"] == "succeeded", job["error"]
+    scored = postgres.execute("SELECT id, prediction FROM customers_b_scores ORDER BY id")
+    assert [r[0] for r in scored] == list(range(3000))
+    assert [r[1] for r in scored] == model.predict(rows).tolist()
+
+
+def test_a_bad_first_chunk_stops_the_job_before_the_rest_is_queued(stack: Stack, operator: Client, dw: str,
+                                                                 pool: tuple[str, str, list[Proc]], postgres: Postgres) -> None:
+    _, model, _ = pool
+    postgres.execute("CREATE TABLE bad_first AS SELECT * FROM pool_rows WHERE id <= 5000")
+    postgres.execute("ALTER TABLE bad_first ADD PRIMARY KEY (id)")
+    postgres.execute("UPDATE bad_first SET petal_length = NULL WHERE id = 3")
+    job = wait_done(operator, start(operator, {"model": model, "source": {"datasource": dw, "table": "bad_first"},
+                                               "destination": {"format": "csv"}, "chunk_rows": 100}))
+    assert job["status"] == "failed"
+    assert job["error"]["message"] == "source row 2, column 'petal_length': expected a number, got None"
+    assert job["source"]["order"] == "key" and job["progress"]["rows_done"] == 0
+    accounts = list(stack.db.job_chunks.find({"job": job["id"]}, {"state": 1, "worker": 1}))
+    assert len(accounts) == 50 and sum(a["worker"] == "planner" and a["state"] == "skipped" for a in accounts) == 49
