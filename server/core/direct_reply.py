@@ -300,6 +300,7 @@ class DirectSender:
             now = time.monotonic()
             if now < self._unreachable.get(address, 0.0) or now < self._unreachable.get(host, 0.0):
                 return None
+        sock: socket.socket | None = None
         try:
             sock = socket.create_connection((host, port), timeout=self.SEND_TIMEOUT_S)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -311,6 +312,8 @@ class DirectSender:
                 sock.close()
                 raise ConnectionRefusedError("the listener there does not hold this caller's key")
         except (OSError, UnicodeError) as exc:
+            if sock is not None:
+                sock.close()  # a listener that dropped us mid-hello (its cap, its deadline) leaves this socket
             # Refused: that listener is gone (its thread's connection was closed). Anything else (no route, a
             # timeout): the host cannot be reached from here, and waiting on it again for each thread would
             # cost every first answer the connect timeout.
