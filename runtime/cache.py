@@ -96,8 +96,9 @@ class ModelCache:
 def _release_device_memory() -> None:
     """Hand an evicted model's CUDA blocks back to the device, so NVML and the next load see them free."""
     import gc
+    import sys
 
-    import torch
-
+    torch = sys.modules.get("torch")  # device memory is only ever held through a torch already imported
     gc.collect()
-    torch.cuda.empty_cache()
+    if torch is not None:
+        torch.cuda.empty_cache()
