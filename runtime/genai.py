@@ -117,6 +117,8 @@ def load_text_model(data: bytes, device: str, settings: Settings) -> TextModel:
     if device.startswith("cuda") and not torch.cuda.is_available():
         # A GPU pool's model is never run on the CPU behind the caller's back.
         raise RuntimeError("this worker serves a GPU pool but torch sees no CUDA device")
+    if settings.genai_torch_threads and torch.get_num_threads() != settings.genai_torch_threads:
+        torch.set_num_threads(settings.genai_torch_threads)
     base = settings.home / "hf-models"
     base.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="unpack-", dir=base))
