@@ -90,6 +90,44 @@ def test_predict_from_the_form_shows_the_apis_answer(console, make_client, iris_
     assert shown["prediction"].tolist() == model.predict(X[[100]]).tolist()
 
 
+def test_a_classifier_shows_its_label_and_each_classs_probability_from_a_form_that_starts_at_the_reference(
+        console, make_client, api_url: str, admin_key: str) -> None:  # type: ignore[no-untyped-def]
+    import pandas as pd
+    from modeldeck_client import ModelDeck
+    from test_notebook_models import churn_frame
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    frame = churn_frame(300, 4).fillna({"income": 50.0, "segment": "a"})
+    label = np.where(frame["city"] == "paris", "churn", "stay")
+    model = make_pipeline(ColumnTransformer([("c", OneHotEncoder(handle_unknown="ignore"), ["city", "segment"]),
+                                             ("n", SimpleImputer(), ["income", "visits"])]),
+                          LogisticRegression(max_iter=1000)).fit(frame, label)
+    name = unique("console-churn")
+    ModelDeck(api_url, admin_key).upload(model, name, reference=frame)
+    at = go(console(make_client("analyst")), "predict")
+    next(s for s in at.selectbox if s.label == "Model").select(name)
+    at.run()
+    city = next(s for s in at.selectbox if s.label == "city")
+    assert sorted(city.options) == ["lyon", "nice", "paris"]  # categories seen in the reference, not a free text box
+    assert city.value == frame["city"].value_counts().index[0]  # starts at the most frequent
+    income = next(n for n in at.number_input if n.label == "income")
+    assert income.value == pytest.approx(float(frame["income"].median()))
+    city.select("paris")
+    next(b for b in at.button if b.label == "Predict").click()
+    at.run()
+    assert not at.error, [e.value for e in at.error]
+    shown = at.dataframe[0].value
+    row = pd.DataFrame([{c: shown[c].iloc[0] for c in ("city", "member", "income", "visits", "segment")}])
+    assert row["city"].iloc[0] == "paris" and at.metric[0].value == model.predict(row)[0] == "churn"
+    np.testing.assert_allclose([shown["P(churn)"].iloc[0], shown["P(stay)"].iloc[0]], model.predict_proba(row)[0],
+                               atol=1e-9)
+    assert len(at.get("plotly_chart")) == 1  # the probability of each class
+
+
 def test_operator_promotes_and_rolls_back_with_confirmation(console, operator: Client, iris_model: str) -> None:  # type: ignore[no-untyped-def]
     at = go(console(operator), "models")
     next(s for s in at.selectbox if s.label == "Model").select(iris_model)

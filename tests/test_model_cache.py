@@ -13,7 +13,7 @@ INFO = ModelInfo(methods=["predict"], classes=None, feature_names=None)
 
 
 def _model(sha: str, size: int, memory: int = 0, device_memory: int = 0) -> LoadedModel:
-    return LoadedModel(sha256=sha, fmt="skops", size=size, run=lambda rows: [sha for _ in rows], info=INFO,  # type: ignore[arg-type, misc]
+    return LoadedModel(sha256=sha, fmt="skops", size=size, run=lambda rows, method, columns: [sha for _ in rows], info=INFO,
                        memory=memory, device_memory=device_memory)
 
 
@@ -25,7 +25,7 @@ def test_the_byte_bound_evicts_least_recently_used_and_keeps_the_model_just_load
     assert cache.snapshot() == ["a", "b"] and cache.bytes == 80
     cache.get("a", lambda: _model("never", 1))  # a hit makes "a" the most recent
     model, cold = cache.get("c", lambda: _model("c", 40))  # 120 bytes: the least recently used ("b") leaves
-    assert cold and model.run([[0]]) == ["c"]
+    assert cold and model.run([[0]], "predict", None) == ["c"]
     assert cache.snapshot() == ["a", "c"] and cache.bytes == 80
     model, cold = cache.get("big", lambda: _model("big", 500))  # alone over the bound: it stays, the rest leave
     assert cold and cache.snapshot() == ["big"] and cache.bytes == 500

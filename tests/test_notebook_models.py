@@ -260,3 +260,31 @@ def test_the_python_guide_runs_as_written(api_url: str, admin_key: str, tmp_path
     done = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert "churn" in done.stdout
+
+
+def test_the_client_scores_a_table_and_a_failed_job_raises_the_servers_message(
+        md: ModelDeck, admin: Client, postgres: Any, iris: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from conftest import IRIS_FEATURES
+    from modeldeck_client import JobFailedError
+    from test_batch_jobs import features, rows_sql
+
+    model, X = iris
+    table = f"nb_rows_{unique('t').split('-')[1]}"
+    postgres.execute(rows_sql(1200, table))
+    source = unique("nbwh")
+    assert admin.post("/api/v1/datasources", json={"name": source, "kind": "sql", "url": postgres.url,
+                                                   "readers": ["operator"], "writers": ["operator"]}).status_code == 201
+    name = unique("nb-iris")
+    md.upload(model, name, sample=pd.DataFrame(X[:5], columns=IRIS_FEATURES))
+    out = f"{table}_scores"
+    job = md.score(name, {"datasource": source, "table": table}, {"datasource": source, "table": out}, chunk_rows=500)
+    done = job.wait(timeout_s=120, poll_s=0.2)
+    assert done["status"] == "succeeded" and done["progress"]["rows_done"] == 1200
+    assert "rows" in capsys.readouterr().err  # tqdm's progress bar, on stderr
+    ids, predictions = zip(*postgres.execute(f"SELECT id, prediction FROM {out} ORDER BY id"))
+    assert list(predictions) == model.predict(features(ids)).tolist()
+    postgres.execute(f"UPDATE {table} SET petal_width = NULL WHERE id = 7")
+    failing = md.score(name, {"datasource": source, "table": table}, {"datasource": source, "table": out + "_2"})
+    with pytest.raises(JobFailedError) as err:
+        failing.wait(timeout_s=120, poll_s=0.2, progress=False)
+    assert "petal_width" in err.value.message and err.value.message == failing.data["error"]["message"]

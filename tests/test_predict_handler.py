@@ -37,7 +37,8 @@ def test_a_synchronous_prediction_is_answered_by_the_handler_not_by_celerys_fall
             lanes.append(reply.outcome.lane)
     finally:
         router.stop()
-    assert set(lanes) <= {"pool", "inline"} and lanes[0] == "pool", lanes
+    # The same artifact may already be cached and proven fast by other tests: inline or pool, never "task".
+    assert set(lanes) <= {"pool", "inline"}, lanes
 
 
 def test_the_fast_lane_and_celerys_default_strategy_answer_alike(stack: Stack, worker: Proc, operator: Client,

@@ -52,7 +52,7 @@ def test_triton_client_reads_health_and_metadata_then_infers(tc, iris_v2, iris) 
     meta = tc.get_model_metadata(name, headers=bearer(service))
     assert meta["name"] == name and meta["versions"] == ["1"] and meta["platform"] == "skops"
     assert meta["inputs"] == [{"name": f, "datatype": "FP64", "shape": [-1]} for f in IRIS_FEATURES]
-    assert [o["name"] for o in meta["outputs"]] == ["predict"]
+    assert [o["name"] for o in meta["outputs"]] == ["predict", "predict_proba", "predict_log_proba", "decision_function"]
     assert tc.get_model_metadata(name, "1", headers=bearer(service))["name"] == name
     assert "binary_tensor_data" in tc.get_server_metadata(headers=bearer(service))["extensions"]
 
@@ -70,6 +70,13 @@ def test_triton_client_reads_health_and_metadata_then_infers(tc, iris_v2, iris) 
 
     # No outputs named: tritonclient asks for every output in binary.
     assert tc.infer(name, [matrix_input(rows)], headers=bearer(service)).as_numpy("predict").tolist() == expected
+
+    # The probabilities, asked for by name beside the labels, in binary: one row per input, one column per class.
+    outs = [triton.InferRequestedOutput("predict"), triton.InferRequestedOutput("predict_proba")]
+    result = tc.infer(name, [matrix_input(rows)], outputs=outs, headers=bearer(service))
+    assert result.as_numpy("predict").tolist() == expected
+    np.testing.assert_allclose(result.as_numpy("predict_proba"), model.predict_proba(rows), rtol=0, atol=1e-9)
+    assert result.get_output("predict_proba")["parameters"]["classes"] == "[0,1,2]"
 
     # One FP64 tensor of shape [N] per feature, all in JSON, on version 1 named explicitly.
     per_feature = []
@@ -105,7 +112,8 @@ def test_errors_come_back_as_protocol_error_objects(tc, iris_v2, iris, make_clie
                              "(sepal_length, sepal_width, petal_length, petal_width)")
 
     err = failure(tc.infer, name, [matrix_input(X)], outputs=[triton.InferRequestedOutput("proba")], headers=bearer(service))
-    assert err.status() == "400" and err.message() == "unknown output 'proba'; this model has one output, 'predict'"
+    assert err.status() == "400" and err.message() == ("unknown output 'proba'; this model's outputs are predict, predict_proba, predict_log_proba, "
+                                                          "decision_function")
 
     err = failure(tc.infer, name, [matrix_input(X)])
     assert err.status() == "401" and err.message().startswith("missing credential")

@@ -47,25 +47,58 @@ schema = (version_doc or {}).get("input_schema")
 stats = ((version_doc or {}).get("reference") or {}).get("features", {})
 
 
-def predict(rows: list[Any]) -> dict[str, Any]:
-    body: dict[str, Any] = {"inputs": rows}
+methods = (version_doc or {}).get("methods") or []
+classes = (version_doc or {}).get("classes")
+example = (version_doc or {}).get("example") or {}
+# A classifier's probabilities are shown beside its label when it offers them.
+with_proba = bool(classes) and "predict_proba" in methods
+
+
+def predict(rows: list[Any], method: str = "predict") -> dict[str, Any]:
+    body: dict[str, Any] = {"inputs": rows, "method": method}
     if ref is not None:
         body["version"] = ref
     return api.post(f"/api/v1/models/{name}/predict", json=body)
 
 
-def show(inputs: pd.DataFrame, answers: list[Any], version: int) -> None:
+def show(inputs: pd.DataFrame, answers: list[Any], version: int, proba: dict[str, Any] | None = None) -> None:
     result = inputs.copy()
     result["prediction"] = [a if not isinstance(a, list) else str(a) for a in answers]
+    if proba is not None:
+        for k, label in enumerate(proba["classes"]):
+            result[f"P({label})"] = [p[k] for p in proba["predictions"]]
     st.success(f"Answered by {name} version {version}")
     if len(answers) == 1:
         st.metric("Prediction", str(answers[0]))
+        if proba is not None:
+            chart = pd.DataFrame({"class": [str(c) for c in proba["classes"]], "probability": proba["predictions"][0]})
+            st.plotly_chart(px.bar(chart, x="class", y="probability", range_y=[0, 1], title="Probability of each class"),
+                            width="stretch")
     st.dataframe(result, width="stretch")
-    counts = result["prediction"].value_counts().reset_index()
-    counts.columns = ["prediction", "rows"]
-    st.plotly_chart(px.bar(counts, x="prediction", y="rows", title="Predictions"), width="stretch")
+    if len(answers) > 1:
+        counts = result["prediction"].value_counts().reset_index()
+        counts.columns = ["prediction", "rows"]
+        st.plotly_chart(px.bar(counts, x="prediction", y="rows", title="Predictions"), width="stretch")
     st.download_button("Download results as CSV", result.to_csv(index=False), file_name=f"{name}-predictions.csv",
                        mime="text/csv")
+
+
+def choices(field: dict[str, Any], seen: dict[str, Any]) -> list[Any]:
+    """The values a text or category field offers: its categories, else those in the reference, most frequent first."""
+    if field.get("categories"):
+        return list(field["categories"])
+    counts = seen.get("counts") or {}
+    return sorted(counts, key=lambda v: -counts[v])
+
+
+def start_value(field: dict[str, Any], seen: dict[str, Any]) -> Any:
+    """Where a field starts: the reference's median or most frequent value, else the example row's, else nothing."""
+    if field["type"] in ("number", "integer") and seen.get("median", seen.get("mean")) is not None:
+        return seen.get("median", seen.get("mean"))
+    if seen.get("counts"):
+        top = max(seen["counts"], key=lambda v: seen["counts"][v])
+        return top.lower() == "true" if field["type"] == "boolean" else top
+    return example.get(field["name"])
 
 
 def try_text_model(doc: dict[str, Any]) -> None:
@@ -119,22 +152,28 @@ with form_tab:
             for i, field in enumerate(schema):
                 s = stats.get(field["name"], {})
                 col = cols[i % len(cols)]
+                start = start_value(field, s)
+                label = field["name"]
+                hint = f"reference range {s.get('min')} to {s.get('max')}" if "min" in s else None
                 if field["type"] == "number":
-                    row[field["name"]] = col.number_input(field["name"], value=float(s.get("mean", 0.0)),
-                                                          help=f"reference range {s.get('min')} to {s.get('max')}" if s else None)
+                    row[label] = col.number_input(label, value=float(start if start is not None else 0.0), help=hint)
                 elif field["type"] == "integer":
-                    row[field["name"]] = int(col.number_input(field["name"], value=int(round(s.get("mean", 0))), step=1))
+                    row[label] = int(col.number_input(label, value=int(round(start if start is not None else 0)),
+                                                      step=1, help=hint))
                 elif field["type"] == "boolean":
-                    row[field["name"]] = col.checkbox(field["name"])
-                elif s.get("counts"):
-                    row[field["name"]] = col.selectbox(field["name"], list(s["counts"]))
+                    row[label] = col.checkbox(label, value=bool(start))
+                elif options := choices(field, s):
+                    if start is not None and start not in options:
+                        options = [start, *options]
+                    row[label] = col.selectbox(label, options, index=options.index(start) if start in options else 0)
                 else:
-                    row[field["name"]] = col.text_input(field["name"])
+                    row[label] = col.text_input(label, value=str(start or ""))
             submitted = st.form_submit_button("Predict", type="primary")
         if submitted:
             try:
                 answer = predict([row])
-                show(pd.DataFrame([row]), answer["predictions"], answer["version"])
+                proba = predict([row], "predict_proba") if with_proba else None
+                show(pd.DataFrame([row]), answer["predictions"], answer["version"], proba)
             except ApiError as exc:
                 show_error(exc)
 
@@ -142,14 +181,19 @@ with csv_tab:
     upload = st.file_uploader("CSV with a header row of feature names", type=["csv"])
     if upload is not None and st.button("Predict all rows", type="primary"):
         frame = pd.read_csv(io.BytesIO(upload.getvalue()))
-        rows = frame.to_dict(orient="records") if schema else frame.values.tolist()
+        # Blank cells are nulls (NaN is not JSON); the API says which fields may hold them.
+        cells = frame.astype(object).where(frame.notna(), None)
+        rows = cells.to_dict(orient="records") if schema else cells.values.tolist()
         answers: list[Any] = []
+        proba: dict[str, Any] | None = {"classes": classes, "predictions": []} if with_proba else None
         progress = st.progress(0.0, text=f"0 of {len(rows)} rows")
         try:
-            for start in range(0, len(rows), CHUNK):
-                answer = predict(rows[start:start + CHUNK])
+            for first in range(0, len(rows), CHUNK):
+                answer = predict(rows[first:first + CHUNK])
                 answers += answer["predictions"]
+                if proba is not None:
+                    proba["predictions"] += predict(rows[first:first + CHUNK], "predict_proba")["predictions"]
                 progress.progress(len(answers) / len(rows), text=f"{len(answers)} of {len(rows)} rows")
-            show(frame, answers, answer["version"])
+            show(frame, answers, answer["version"], proba)
         except ApiError as exc:
             show_error(exc)

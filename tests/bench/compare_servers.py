@@ -14,6 +14,11 @@ A LogisticRegression(max_iter=500) on iris is served three ways, each on a free 
   measured too, latency only, for reference (the targets compare with the faster).
 ModelDeck's `GET /healthz` (no authentication, no work) is measured beside its predictions, latency only: the
 floor that its HTTP server, Flask and this client put under any endpoint.
+A DataFrame Pipeline (a ColumnTransformer with OneHotEncoder on string columns and StandardScaler on numeric ones,
+selected by name, then LogisticRegression) is served by all three too and called for `predict_proba` with 1 and
+1,000 rows, latency only, in the same interleaved run: ModelDeck with rows in its input schema's order, BentoML
+through an endpoint that builds a DataFrame from records, MLflow through a second `mlflow models serve` of the
+pipeline saved with `pyfunc_predict_fn="predict_proba"`, called with `dataframe_split`.
 BentoML and MLflow run from their own virtual environments under --venvs (made on first use, pip output to
 <venvs>/<name>-install.log, reused while they import); a server that cannot be installed or started is
 reported as skipped and the others go on.
@@ -82,17 +87,59 @@ import os
 import bentoml
 import joblib
 import numpy as np
+import pandas as pd
 
 
 @bentoml.service(workers=1)
 class IrisClassifier:
     def __init__(self) -> None:
         self.model = joblib.load(os.environ["BENCH_MODEL_PATH"])
+        self.pipeline = joblib.load(os.environ["BENCH_PIPELINE_PATH"])
 
     @bentoml.api
     def predict(self, rows: list[list[float]]) -> list[int]:
         return self.model.predict(np.asarray(rows, dtype=float)).tolist()
+
+    @bentoml.api
+    def predict_proba(self, records: list[dict]) -> list[list[float]]:
+        return self.pipeline.predict_proba(pd.DataFrame.from_records(records)).tolist()
 '''
+
+PIPELINE_COLUMNS = ["city", "member", "income", "visits", "segment"]
+PIPELINE_SCHEMA = [{"name": "city", "type": "string"}, {"name": "member", "type": "boolean"},
+                   {"name": "income", "type": "number"}, {"name": "visits", "type": "integer"},
+                   {"name": "segment", "type": "string"}]
+
+
+def pipeline_frame(n: int, seed: int) -> Any:
+    """Rows of the benchmark's DataFrame model: strings, a boolean, a float and an integer."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"city": rng.choice(["paris", "lyon", "nice"], n), "member": rng.choice([True, False], n),
+                         "income": rng.normal(50.0, 10.0, n).round(3), "visits": rng.integers(0, 20, n),
+                         "segment": rng.choice(["a", "b", "c"], n)})
+
+
+def pipeline_model() -> tuple[Any, list[list[Any]]]:
+    """Return the fitted DataFrame Pipeline and 1,000 rows (lists in PIPELINE_COLUMNS order) to call it with."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    frame = pipeline_frame(2000, 0)
+    label = np.where(frame["income"] + 2 * frame["visits"] + 10 * (frame["city"] == "paris") > 72, "churn", "stay")
+    pre = ColumnTransformer([("categories", OneHotEncoder(handle_unknown="ignore"), ["city", "segment"]),
+                             ("flags", "passthrough", ["member"]),
+                             ("numbers", StandardScaler(), ["income", "visits"])])
+    model = make_pipeline(pre, LogisticRegression(max_iter=1000)).fit(frame, label)
+    rows = [[c.item() if hasattr(c, "item") else c for c in r] for r in pipeline_frame(1000, 1).itertuples(index=False)]
+    return model, rows
+
+
+PIPELINE_RUNS = ("pipeline predict_proba 1-row", "pipeline predict_proba 1000-row")
+PIPELINE_ROWS: list[list[Any]] = []  # filled by main()
+PIPELINE_CHECK_ROWS: list[list[Any]] = []
 
 # Run with a venv's python whose scikit-learn differs from ours: a pickle does not load across versions.
 RETRAIN = '''\
@@ -115,14 +162,13 @@ import mlflow.sklearn
 import sklearn
 
 model_path, out_dir, our_version = sys.argv[1:4]
+predict_fn = sys.argv[4] if len(sys.argv) > 4 else "predict"
 if sklearn.__version__ == our_version:
     model = joblib.load(model_path)
 else:
-    from sklearn.datasets import load_iris
-    from sklearn.linear_model import LogisticRegression
-    X, y = load_iris(return_X_y=True)
-    model = LogisticRegression(max_iter=500).fit(X, y)
-mlflow.sklearn.save_model(model, out_dir, pip_requirements=["scikit-learn==" + sklearn.__version__])
+    raise SystemExit(f"the MLflow venv has scikit-learn {sklearn.__version__}, ours is {our_version}")
+mlflow.sklearn.save_model(model, out_dir, pip_requirements=["scikit-learn==" + sklearn.__version__],
+                          pyfunc_predict_fn=predict_fn)
 '''
 
 
@@ -169,6 +215,7 @@ class Server:
     stop: Callable[[], None] = lambda: None
     after: Callable[[], None] = lambda: None
     variants: dict[str, Target] = field(default_factory=dict)  # other ways to call it, latency only (name -> target)
+    pipeline: Target | None = None  # the DataFrame Pipeline's predict_proba (rows in PIPELINE_COLUMNS order)
     processes: Callable[[], dict[str, list[psutil.Process]]] = dict  # what serves it, by part (for its CPU time)
 
 
@@ -408,7 +455,8 @@ def venv_sklearn(python: Path) -> str:
     return done.stdout.strip()
 
 
-def start_bentoml(args: argparse.Namespace, work: Path, model: LogisticRegression, row: list[float]) -> Server:
+def start_bentoml(args: argparse.Namespace, work: Path, model: LogisticRegression, row: list[float],
+                  pipeline: Any) -> Server:
     """Install (or reuse) BentoML and serve the model with `bentoml serve`."""
     result = Result("BentoML")
     python, note, secs = ensure_venv(args.venvs, "bentoml", ["bentoml>=1.4", "joblib"], "bentoml")
@@ -420,7 +468,9 @@ def start_bentoml(args: argparse.Namespace, work: Path, model: LogisticRegressio
     folder = work / "bentoml"
     folder.mkdir()
     model_path = folder / "model.joblib"
+    pipeline_path = folder / "pipeline.joblib"
     theirs = venv_sklearn(python)
+    joblib.dump(pipeline, pipeline_path)  # loads only under the same scikit-learn: the endpoint fails otherwise
     if theirs == sklearn.__version__:
         joblib.dump(model, model_path)
     else:
@@ -428,7 +478,8 @@ def start_bentoml(args: argparse.Namespace, work: Path, model: LogisticRegressio
         subprocess.run([str(python), "-c", RETRAIN, str(model_path)], check=True, timeout=300)
     (folder / "service.py").write_text(BENTO_SERVICE)
     port = free_port()
-    env = {**venv_env(python), "BENCH_MODEL_PATH": str(model_path), "BENTOML_DO_NOT_TRACK": "True",
+    env = {**venv_env(python), "BENCH_MODEL_PATH": str(model_path), "BENCH_PIPELINE_PATH": str(pipeline_path),
+           "BENTOML_DO_NOT_TRACK": "True",
            "BENTOML_HOME": str(folder / "home"), "PYTHONUNBUFFERED": "1"}
     log = folder / "serve.log"
     bentoml = python.with_name("bentoml")
@@ -441,14 +492,17 @@ def start_bentoml(args: argparse.Namespace, work: Path, model: LogisticRegressio
         if check.status_code != 200:
             raise RuntimeError(f"predict answered {check.status_code}: {check.text[:300]}")
         result.extra["answer"] = check.json()
-        return Server(result, target, lambda: terminate(proc), processes=lambda: {"server": tree(proc)})
+        frame = Target(f"http://127.0.0.1:{port}/predict_proba",
+                       lambda rows: {"records": [dict(zip(PIPELINE_COLUMNS, r)) for r in rows]})
+        return Server(result, target, lambda: terminate(proc), processes=lambda: {"server": tree(proc)},
+                      pipeline=checked(frame, "BentoML"))
     except (RuntimeError, requests.RequestException, subprocess.SubprocessError) as exc:
         result.skipped = f"bentoml serve failed: {exc}"
         terminate(proc)
         return Server(result)
 
 
-def start_mlflow(args: argparse.Namespace, work: Path, model_path: Path, row: list[float]) -> Server:
+def start_mlflow(args: argparse.Namespace, work: Path, model_path: Path, row: list[float], pipeline: Any) -> Server:
     """Install (or reuse) MLflow, save the model as an MLflow model and serve it."""
     result = Result("MLflow")
     python, note, secs = ensure_venv(args.venvs, "mlflow", ["mlflow>=3"], "mlflow")
@@ -463,10 +517,15 @@ def start_mlflow(args: argparse.Namespace, work: Path, model_path: Path, row: li
     env = {**venv_env(python), "MLFLOW_TRACKING_URI": (folder / "mlruns").as_uri(), "PYTHONUNBUFFERED": "1",
            "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
     log = folder / "serve.log"
-    proc = None
+    proc = frame_proc = None
+    pipeline_path = folder / "pipeline.joblib"
+    joblib.dump(pipeline, pipeline_path)
     try:
         with open(log, "ab") as f:
             subprocess.run([str(python), "-c", MLFLOW_SAVE, str(model_path), str(saved), sklearn.__version__],
+                           stdout=f, stderr=subprocess.STDOUT, env=env, cwd=folder, timeout=300, check=True)
+            subprocess.run([str(python), "-c", MLFLOW_SAVE, str(pipeline_path), str(folder / "pipeline"),
+                            sklearn.__version__, "predict_proba"],
                            stdout=f, stderr=subprocess.STDOUT, env=env, cwd=folder, timeout=300, check=True)
         port = free_port()
         mlflow = python.with_name("mlflow")
@@ -487,14 +546,41 @@ def start_mlflow(args: argparse.Namespace, work: Path, model_path: Path, row: li
             variants[MLFLOW_FRAME] = frame
         else:
             print(f"  MLflow dataframe_split input answered {check.status_code}: {check.text[:200]}; not measured", flush=True)
-        return Server(result, target, lambda: terminate(proc), variants=variants,
-                      processes=lambda: {"server": tree(proc)})
+        # The pipeline is a second MLflow model, so a second server (MLflow serves one model per server).
+        frame_port = free_port()
+        frame_proc = spawn([str(mlflow), "models", "serve", "-m", str(folder / "pipeline"), "--env-manager", "local",
+                            "--host", "127.0.0.1", "--port", str(frame_port), "--workers", "1"], log, env, folder)
+        wait_http(f"http://127.0.0.1:{frame_port}/ping", frame_proc, log)
+        pipe = Target(f"http://127.0.0.1:{frame_port}/invocations",
+                      lambda rows: {"dataframe_split": {"columns": PIPELINE_COLUMNS, "data": rows}})
+
+        def stop_both() -> None:
+            terminate(proc)
+            terminate(frame_proc)
+
+        return Server(result, target, stop_both, variants=variants,
+                      processes=lambda: {"server": tree(proc) + tree(frame_proc)}, pipeline=checked(pipe, "MLflow"))
     except subprocess.CalledProcessError as exc:
         result.skipped = f"mlflow.sklearn.save_model failed (status {exc.returncode}): {log_tail(log, 5)}"
     except (RuntimeError, requests.RequestException, subprocess.SubprocessError) as exc:
         result.skipped = f"mlflow models serve failed: {exc}"
     terminate(proc)
+    terminate(frame_proc)
     return Server(result)
+
+
+def checked(target: Target, name: str) -> Target | None:
+    """Return the pipeline target if it answers a 1-row predict_proba, else None (reported, not measured)."""
+    rows = PIPELINE_CHECK_ROWS
+    try:
+        resp = target.send(requests.Session(), rows)
+    except requests.RequestException as exc:
+        print(f"  {name}: the pipeline endpoint failed ({exc}); not measured", flush=True)
+        return None
+    if resp.status_code != 200:
+        print(f"  {name}: the pipeline endpoint answered {resp.status_code}: {resp.text[:200]}; not measured", flush=True)
+        return None
+    return target
 
 
 # ---------------------------------------------------------------- ModelDeck
@@ -509,7 +595,8 @@ def cold_model(target_bytes: int) -> tuple[bytes, int]:
     return sio.dumps(RandomForestClassifier(n_estimators=trees, random_state=0).fit(X, y)), trees
 
 
-def start_modeldeck(args: argparse.Namespace, work: Path, model: LogisticRegression, X: np.ndarray) -> Server:
+def start_modeldeck(args: argparse.Namespace, work: Path, model: LogisticRegression, X: np.ndarray,
+                    pipeline: Any) -> Server:
     """Bring up a private stack and upload the model as skops; Server.after measures the cold start of a ~10 MB
     model (run once the side-by-side measurements are done)."""
     result = Result("ModelDeck")
@@ -551,8 +638,8 @@ def start_modeldeck(args: argparse.Namespace, work: Path, model: LogisticRegress
         session = requests.Session()
         session.headers.update(auth)
 
-        def upload(name: str, blob: bytes) -> float:
-            meta = {"name": name, "format": "skops", "pool": "cpu"}
+        def upload(name: str, blob: bytes, **extra: Any) -> float:
+            meta = {"name": name, "format": "skops", "pool": "cpu", **extra}
             t = time.perf_counter()
             resp = session.post(base + "/models", files={"file": (f"{name}.skops", io.BytesIO(blob)),
                                                          "metadata": (None, json.dumps(meta))}, timeout=300)
@@ -562,6 +649,9 @@ def start_modeldeck(args: argparse.Namespace, work: Path, model: LogisticRegress
 
         upload("bench-iris", sio.dumps(model))
         target = Target(base + "/models/bench-iris/predict", lambda rows: {"inputs": rows}, auth)
+        upload("bench-pipeline", sio.dumps(pipeline), input_schema=PIPELINE_SCHEMA)
+        frame = Target(base + "/models/bench-pipeline/predict",
+                       lambda rows: {"inputs": rows, "method": "predict_proba"}, auth)
     except (StackError, RuntimeError, requests.RequestException) as exc:
         result.skipped = f"ModelDeck failed: {exc}"
         shut()
@@ -595,7 +685,7 @@ def start_modeldeck(args: argparse.Namespace, work: Path, model: LogisticRegress
 
     # The same HTTP server, Flask app and client with no work behind: what any endpoint of this API costs.
     floor = {MODELDECK_FLOOR: Target(api_url(settings) + "/healthz", None)}
-    return Server(result, target, shut, cold, variants=floor, processes=processes)
+    return Server(result, target, shut, cold, variants=floor, processes=processes, pipeline=checked(frame, "ModelDeck"))
 
 
 def delete_queues(broker_url: str, queues: list[str]) -> None:
@@ -625,6 +715,11 @@ def measure_all(servers: list[Server], row: list[float], batch: list[list[float]
     md = next((s for s in live if s.result.name == "ModelDeck"), None)
     if md is not None and md.target is not None:
         runs["ModelDeck 100-row"] = (md.target, batch, args.n_batch)
+    for server in live:
+        if server.pipeline is not None:
+            one, many = PIPELINE_RUNS
+            runs[f"{server.result.name} {one}"] = (server.pipeline, PIPELINE_ROWS[:1], args.n_pipeline)
+            runs[f"{server.result.name} {many}"] = (server.pipeline, PIPELINE_ROWS, args.n_pipeline_batch)
     print(f"Latency, interleaved: {', '.join(runs)} in {args.rounds} rounds (warm-up {args.warmup} each, "
           f"{args.block_warmup} more unmeasured at the start of each block)", flush=True)
     processes = {server.result.name: server.processes() for server in live}
@@ -641,6 +736,13 @@ def measure_all(servers: list[Server], row: list[float], batch: list[list[float]
             r.extra[name] = {"p50": pct(values, 0.5), "p90": pct(values, 0.9), "p99": pct(values, 0.99)}
             print(f"  {name}: {len(values)} sequential single-row requests: p50 {r.extra[name]['p50']:.2f} ms, "
                   f"p90 {r.extra[name]['p90']:.2f} ms, p99 {r.extra[name]['p99']:.2f} ms", flush=True)
+    for server in live:
+        for run in PIPELINE_RUNS:
+            values = lat.get(f"{server.result.name} {run}")
+            if values:
+                server.result.extra[run] = {"p50": pct(values, 0.5), "p90": pct(values, 0.9), "p99": pct(values, 0.99)}
+                print(f"  {server.result.name} {run}: {len(values)} sequential requests: p50 {pct(values, 0.5):.2f} ms",
+                      flush=True)
     if md is not None:
         md.result.extra["p50_100_rows_ms"] = pct(lat["ModelDeck 100-row"], 0.5)
         print(f"  ModelDeck: {len(lat['ModelDeck 100-row'])} sequential 100-row requests: "
@@ -695,6 +797,10 @@ def ratios(md: Result, bento: Result, mlflow: Result) -> list[tuple[str, float |
     out.append(("100-row p50 / 1-row p50", v, "<= 1.3", None if v is None else v <= 1.3))
     v = md.throughput[16] / b.throughput[16] if b and b.throughput.get(16) and md.throughput.get(16) else None
     out.append(("req/s @16 / BentoML req/s @16", v, ">= 1.0", None if v is None else v >= 1.0))
+    for run in PIPELINE_RUNS:
+        mine, theirs = md.extra.get(run), bento.extra.get(run) if not bento.skipped else None
+        v = mine["p50"] / theirs["p50"] if mine and theirs else None
+        out.append((f"{run.removeprefix('pipeline ')} p50 / BentoML", v, "<= 1.0", None if v is None else v <= 1.0))
     cold = md.extra.get("cold")
     v = cold["first_predict_ms"] if cold else None
     out.append((f"cold: first predict of {cold['model_mb'] if cold else '~10'} MB model, ms", v,
@@ -733,6 +839,13 @@ def print_table(results: list[Result], checks: list[tuple[str, float | None, str
                 print(f"{name} (latency only, same interleaved run): p50 {q['p50']:.2f} ms, p90 {q['p90']:.2f} ms, "
                       f"p99 {q['p99']:.2f} ms")
     print()
+    print("DataFrame Pipeline, predict_proba, p50 ms (same interleaved run):")
+    print("| server    | 1 row  | 1,000 rows |")
+    print("|-----------|--------|------------|")
+    for r in results:
+        one, many = (r.extra.get(run) for run in PIPELINE_RUNS)
+        print(f"| {r.name:<9} | {fmt(one['p50'] if one else None):<6} | {fmt(many['p50'] if many else None):<10} |")
+    print()
     print("ModelDeck targets (DESIGN.md §9):")
     for what, value, target, met in checks:
         verdict = "n/a" if met is None and not target.startswith("(") else ("" if met is None else ("met" if met else "NOT MET"))
@@ -745,6 +858,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of each throughput run")
     parser.add_argument("--n-batch", type=int, default=300, help="measured 100-row requests (ModelDeck)")
+    parser.add_argument("--n-pipeline", type=int, default=1000, help="measured 1-row predict_proba requests to the pipeline")
+    parser.add_argument("--n-pipeline-batch", type=int, default=200, help="measured 1,000-row predict_proba requests")
     parser.add_argument("--rounds", type=int, default=10, help="blocks each server's latency requests are split into")
     parser.add_argument("--block-warmup", type=int, default=10, help="unmeasured requests at the start of each block")
     parser.add_argument("--skip-bentoml", action="store_true")
@@ -760,6 +875,9 @@ def main() -> None:
     X, y = load_iris(return_X_y=True)
     model = LogisticRegression(max_iter=500).fit(X, y)
     row = X[0].tolist()
+    pipeline, rows = pipeline_model()
+    PIPELINE_ROWS[:] = rows
+    PIPELINE_CHECK_ROWS[:] = rows[:1]
     with tempfile.TemporaryDirectory(prefix="modeldeck-compare-") as tmp:
         work = Path(tmp)
         model_path = work / "model.joblib"
@@ -767,13 +885,13 @@ def main() -> None:
         servers: list[Server] = []
         try:
             print("ModelDeck:", flush=True)
-            servers.append(start_modeldeck(args, work, model, X))
+            servers.append(start_modeldeck(args, work, model, X, pipeline))
             print("BentoML:", flush=True)
             servers.append(Server(Result("BentoML", skipped="--skip-bentoml")) if args.skip_bentoml
-                           else start_bentoml(args, work, model, row))
+                           else start_bentoml(args, work, model, row, pipeline))
             print("MLflow:", flush=True)
             servers.append(Server(Result("MLflow", skipped="--skip-mlflow")) if args.skip_mlflow
-                           else start_mlflow(args, work, model_path, row))
+                           else start_mlflow(args, work, model_path, row, pipeline))
             for server in servers:
                 announce(server.result)
             measure_all(servers, row, X[:100].tolist(), args)
