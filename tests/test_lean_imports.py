@@ -11,7 +11,7 @@ import json
 import subprocess
 
 from conftest import ROOT
-from test_genai import genai_python
+from genai_env import genai_python
 
 PROBE = """
 import json, sys
