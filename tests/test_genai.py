@@ -379,3 +379,20 @@ def test_an_async_encode_job_answers_the_same_vectors(admin: Client, minilm: str
         time.sleep(0.2)
     assert job["status"] == "succeeded", job
     np.testing.assert_allclose(job["result"]["predictions"], expected[:2], rtol=0, atol=TOL)
+
+
+def test_a_pool_without_the_genai_libraries_is_refused_before_sending(admin: Client, stack: Stack, worker: Proc,
+                                                                      minilm_dir: Path) -> None:
+    name = unique("minilm-cpu")
+    assert upload(admin, name, zip_dir(minilm_dir), pool="cpu").status_code == 201
+    env = stack.db.workers.find_one({"pool": "cpu", "state": {"$in": ["idle", "busy"]}})["environment"]
+    if "transformers" in env:  # the suite runs from an environment with the extra: the CPU pool can serve it
+        resp = admin.post(f"/api/v1/models/{name}/predict", json={"inputs": ["hi"], "method": "encode"})
+        assert resp.status_code == 200, resp.text
+        return
+    resp = admin.post(f"/api/v1/models/{name}/predict", json={"inputs": ["hi"], "method": "encode"})
+    assert resp.status_code == 503, resp.text
+    missing = "torch" if "torch" not in env else "transformers"
+    assert resp.json()["error"]["message"] == (
+        f"model '{name}' version 1 needs {missing}; pool cpu has no {missing} installed. Serve the pool from an "
+        "environment that has it (see docs/runtime.md) or upload the model to a pool that does")
