@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Hashable
 
 from runtime.batching import Batcher
+from runtime.loader import InputRejectedError
 from server.core.hf_archive import extract
 from server.core.settings import Settings
 
@@ -21,10 +22,6 @@ from server.core.settings import Settings
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the worker's threads already run requests side by side
-
-
-class TextInputError(ValueError):
-    """An input the model cannot take (too many tokens); the message names the row."""
 
 
 # torch's random generator is global: a seeded generate holds it for its whole run.
@@ -50,10 +47,10 @@ class TextModel:
         lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=True)["input_ids"]]
         for i, n in enumerate(lengths):
             if n > self.max_input_tokens:
-                raise TextInputError(f"row {i}: {n} tokens is over the limit of {self.max_input_tokens} tokens per "
+                raise InputRejectedError(f"row {i}: {n} tokens is over the limit of {self.max_input_tokens} tokens per "
                                      "input (the model's maximum, capped by MODELDECK_GENAI_MAX_INPUT_TOKENS)")
             if n + extra > self.context:
-                raise TextInputError(f"row {i}: {n} tokens plus max_new_tokens {extra} is over this model's context "
+                raise InputRejectedError(f"row {i}: {n} tokens plus max_new_tokens {extra} is over this model's context "
                                      f"of {self.context} tokens; shorten the prompt or ask for fewer new tokens")
 
     def encode(self, texts: list[str], normalize: bool) -> tuple[list[list[float]], int]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from runtime.loader import LoadedModel, MethodUnavailableError, ModelLoadError, ModelRunError, load_model
+from runtime.loader import (InputRejectedError, LoadedModel, MethodUnavailableError, ModelLoadError, ModelRunError,
+                            load_model)
 from runtime.state import WorkerState
 from server.core.artifacts import get_artifact
 from server.core.errors import ModelDeckError
@@ -58,10 +59,8 @@ def _run(state: WorkerState, request: PredictRequest) -> PredictOutcome:
             predictions = model.run(request.rows, request.method, request.columns)
     except MethodUnavailableError as exc:
         return PredictOutcome.failed("method_unavailable", f"{label} {exc}")
-    except ValueError as exc:
-        if type(exc).__name__ == "TextInputError":  # runtime/genai.py, imported only where text models load
-            return PredictOutcome.failed("invalid_input", f"{label}: {exc}")
-        return PredictOutcome.failed("model_failed", f"{label} raised {type(exc).__name__}: {str(exc)[:300]}")
+    except InputRejectedError as exc:
+        return PredictOutcome.failed("invalid_input", f"{label}: {exc}")
     except ModelRunError as exc:
         return PredictOutcome.failed("model_failed", f"{label} failed: {exc}")
     except Exception as exc:  # the model's own code raised: report it, keep the worker alive

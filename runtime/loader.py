@@ -36,6 +36,10 @@ class MethodUnavailableError(ModelRunError):
     """The caller asked for a method the model does not offer."""
 
 
+class InputRejectedError(ModelRunError):
+    """An input the model cannot take (a text over its token bound); the message names the row."""
+
+
 OUT_OF_MEMORY = ("ran out of memory while predicting (the worker's limit is MODELDECK_WORKER_MEMORY_LIMIT_MB); "
                  "the worker freed it and keeps serving other models")
 

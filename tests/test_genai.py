@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import struct
+import tarfile
 import threading
 import time
 import zipfile
@@ -35,6 +36,13 @@ SENTENCES = [
     "RabbitMQ carries requests to the pool.",
     "A cheetah runs after its prey.",
 ]
+
+
+def tar_dir(directory: Path) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as archive:
+        archive.add(directory, arcname="model")
+    return buf.getvalue()
 
 
 def zip_dir(directory: Path) -> bytes:
@@ -227,6 +235,11 @@ def test_a_tiny_gpt2_generates_what_transformers_generates(admin: Client, gpt2_m
                                                                   "parameters": params})
         assert resp.status_code == 200, resp.text
         assert resp.json()["predictions"] == [want] and want
+    # The same directory as a tar.gz (files under model/): a second version that answers the same.
+    assert upload(admin, name, tar_dir(gpt2[0]), filename="model.tar.gz").status_code == 201
+    second = admin.post(f"/api/v1/models/{name}/predict", json={"inputs": [prompt], "method": "generate", "version": 2,
+                                                                "parameters": GENERATE_RUNS[0]})
+    assert second.status_code == 200 and second.json()["predictions"] == [expected_texts[0]], second.text
     # The same seed gives the same text again; through the client too.
     again = ModelDeck(api_url, admin_key).generate(name, prompt, max_new_tokens=8, temperature=0.9, seed=7)
     assert again == resp.json()["predictions"]
@@ -396,3 +409,18 @@ def test_a_pool_without_the_genai_libraries_is_refused_before_sending(admin: Cli
     assert resp.json()["error"]["message"] == (
         f"model '{name}' version 1 needs {missing}; pool cpu has no {missing} installed. Serve the pool from an "
         "environment that has it (see docs/runtime.md) or upload the model to a pool that does")
+
+
+def test_a_link_in_a_tar_archive_is_refused(admin: Client) -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as archive:
+        for name, data in {"config.json": GPT_CONFIG, "model.safetensors": _safetensors([4])}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("tokenizer.json")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        archive.addfile(link)
+    resp = upload(admin, unique("bad-tar"), buf.getvalue(), filename="model.tar.gz")
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["error"]["message"] == "archive member 'tokenizer.json' is a link; links are refused"
