@@ -34,9 +34,13 @@ class ModelCache:
     def __contains__(self, sha256: str) -> bool:
         return sha256 in self._models
 
-    def refuses(self, needs_bytes: int) -> str:
-        """Say why a model needing needs_bytes (its weights) cannot be held, or return '' when it can."""
-        if self.max_bytes is not None and needs_bytes > self.max_bytes:
+    def refuses(self, needs_bytes: int, device_bytes: int = 0) -> str:
+        """Say why a model needing needs_bytes of RAM (or device_bytes of GPU memory) cannot be held, else ''."""
+        if self.max_device_bytes is not None and device_bytes > self.max_device_bytes:
+            return (f"its weights need {device_bytes / 2**20:.1f} MiB of GPU memory and this worker's model cache holds "
+                    f"at most {self.max_device_bytes / 2**20:.1f} MiB there (MODELDECK_MODEL_CACHE_GPU_MB); serve it "
+                    "from a pool whose GPUs have more memory")
+        if self.max_bytes is not None and needs_bytes > self.max_bytes and not device_bytes:
             return (f"its weights need {needs_bytes / 2**20:.1f} MiB and this worker's model cache holds at most "
                     f"{self.max_bytes / 2**20:.1f} MiB (MODELDECK_MODEL_CACHE_MB); serve it from a pool whose workers "
                     "have more memory")

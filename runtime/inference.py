@@ -40,7 +40,11 @@ def _run(state: WorkerState, request: PredictRequest) -> PredictOutcome:
         return load_model(spec["sha256"], spec["format"], data, spec.get("trusted_types") or [], device, state.settings)
 
     started = time.perf_counter()
-    too_large = state.cache.refuses(spec.get("memory_bytes") or 0)
+    needs = spec.get("memory_bytes") or 0
+    on_cuda = state.settings.device_for(state.settings.worker_pool).startswith("cuda")
+    # On CUDA the weights go to the device, in float16 where allowed (half their stored float32 bytes at most).
+    device_needs = (needs // 2 if state.settings.genai_fp16 else needs) if on_cuda else 0
+    too_large = state.cache.refuses(needs, device_needs)
     if too_large and spec["sha256"] not in state.cache:
         return PredictOutcome.failed("model_too_large", f"{label} cannot be served by this worker: {too_large}")
     try:

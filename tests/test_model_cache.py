@@ -83,3 +83,11 @@ def test_a_model_known_to_need_more_than_the_bound_is_refused_before_loading() -
     assert cache.refuses(3 * 2**20) == (
         "its weights need 3.0 MiB and this worker's model cache holds at most 1.0 MiB (MODELDECK_MODEL_CACHE_MB); "
         "serve it from a pool whose workers have more memory")
+
+
+def test_a_model_known_to_need_more_gpu_memory_than_the_bound_is_refused() -> None:
+    cache = ModelCache(capacity=100, max_bytes=2**20, max_device_bytes=2**20)
+    assert cache.refuses(4 * 2**20, device_bytes=2**20) == ""  # on the device: the RAM bound does not apply
+    assert cache.refuses(4 * 2**20, device_bytes=2 * 2**20) == (
+        "its weights need 2.0 MiB of GPU memory and this worker's model cache holds at most 1.0 MiB there "
+        "(MODELDECK_MODEL_CACHE_GPU_MB); serve it from a pool whose GPUs have more memory")
