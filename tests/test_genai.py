@@ -257,7 +257,7 @@ def test_a_tiny_gpt2_generates_what_transformers_generates(admin: Client, gpt2_m
     context = admin.post(f"/api/v1/models/{name}/predict", json={"inputs": [prompt], "method": "generate",
                                                                  "parameters": {"max_new_tokens": 62}})
     assert context.status_code == 422
-    assert context.json()["error"]["message"].startswith(f"model '{name}' version 1: row 0: ")
+    assert context.json()["error"]["message"].startswith(f"model '{name}' version 2: row 0: ")  # the latest: the tar.gz
     assert "plus max_new_tokens 62 is over this model's context of 64 tokens" in context.json()["error"]["message"]
 
 
