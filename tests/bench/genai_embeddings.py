@@ -13,6 +13,7 @@ table, the ratio at each level, the worker's batch counters and its memory for t
 from __future__ import annotations
 
 import argparse
+import http.client
 import io
 import json
 import os
@@ -26,6 +27,8 @@ import time
 import zipfile
 from pathlib import Path
 
+import orjson
+import psutil
 import pymongo
 import requests
 
@@ -79,6 +82,21 @@ def zipped(directory: Path) -> bytes:
     return buf.getvalue()
 
 
+def cpu_seconds(process: psutil.Process) -> float:
+    """CPU time of a process and its children (gunicorn's workers), user and system; this one's own threads only."""
+    if process.pid == os.getpid():
+        times = process.cpu_times()
+        return times.user + times.system
+    total = 0.0
+    for p in [process, *process.children(recursive=True)]:
+        try:
+            times = p.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
 def in_process(directory: Path, texts: list[str], seconds: float, threads: int) -> float:
     """Sentences per second of SentenceTransformer.encode(batch_size=32) over the texts, repeated."""
     import torch
@@ -94,31 +112,43 @@ def in_process(directory: Path, texts: list[str], seconds: float, threads: int) 
     return done / (time.perf_counter() - started)
 
 
-def clients(url: str, key: str, name: str, texts: list[str], n: int, seconds: float) -> tuple[float, list[float]]:
-    """Embeddings per second of n closed-loop clients sending one sentence each, and their latencies."""
+def clients(url: str, key: str, name: str, texts: list[str], n: int,
+            seconds: float) -> tuple[float, list[float], list[dict[str, float]]]:
+    """Embeddings per second of n closed-loop clients sending one sentence each, their latencies and timings."""
     stop = time.perf_counter() + seconds
     latencies: list[float] = []
+    timings: list[dict[str, float]] = []
     lock = threading.Lock()
 
+    # A plain keep-alive HTTP connection per client and bodies encoded beforehand: on 2 cores, requests' own CPU
+    # (about 10 ms a call with 16 threads) took more of the machine than the server did.
+    host, port = url.removeprefix("http://").split(":")
+    bodies = [orjson.dumps({"inputs": [text], "method": "encode"}) for text in texts]
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+
     def client(k: int) -> None:
-        session = requests.Session()
-        session.headers["Authorization"] = f"Bearer {key}"
-        i, mine = k, []
+        conn = http.client.HTTPConnection(host, int(port), timeout=60)
+        i, mine, parts = k, [], []
         while time.perf_counter() < stop:
             t = time.perf_counter()
-            resp = session.post(f"{url}/api/v1/models/{name}/predict",
-                                json={"inputs": [texts[i % len(texts)]], "method": "encode"}, timeout=60)
-            resp.raise_for_status()
+            conn.request("POST", f"/api/v1/models/{name}/predict", body=bodies[i % len(bodies)], headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            if resp.status != 200:
+                raise SystemExit(f"HTTP {resp.status}: {data[:300]!r}")
             mine.append(time.perf_counter() - t)
+            parts.append(orjson.loads(data)["timings"])
             i += n
+        conn.close()
         with lock:
             latencies.extend(mine)
+            timings.extend(parts)
 
     started = time.perf_counter()
     threads = [threading.Thread(target=client, args=(k,)) for k in range(n)]
     [t.start() for t in threads]
     [t.join() for t in threads]
-    return len(latencies) / (time.perf_counter() - started), latencies
+    return len(latencies) / (time.perf_counter() - started), latencies, timings
 
 
 def main() -> int:
@@ -181,10 +211,18 @@ def main() -> int:
         # In process with one torch thread and with torch's default (one per core): the better one is the baseline.
         cores = os.cpu_count() or 1
         before = {n: in_process(directory, texts, args.seconds, n) for n in sorted({1, cores})}
-        rows = []
+        rows, cpu_rows = [], []
+        watched = {"worker": psutil.Process(procs[1].pid), "API": psutil.Process(procs[2].pid),
+                   "nx-27017": psutil.Process(procs[0].pid), "clients (this process)": psutil.Process()}
         for n in [int(c) for c in args.clients.split(",")]:
-            rate, lat = clients(url, key, "minilm", texts, n, args.seconds)
-            rows.append((n, rate, statistics.median(lat) * 1000))
+            cpu_before = {k: cpu_seconds(p) for k, p in watched.items()}
+            wall = time.perf_counter()
+            rate, lat, parts = clients(url, key, "minilm", texts, n, args.seconds)
+            wall = time.perf_counter() - wall
+            cpu_rows.append((n, {k: (cpu_seconds(p) - cpu_before[k]) / wall for k, p in watched.items()}))
+            rows.append((n, rate, statistics.median(lat) * 1000, sorted(lat)[int(len(lat) * 0.99) - 1] * 1000,
+                         statistics.mean(p["batch_size"] for p in parts),
+                         statistics.median(p["model_ms"] for p in parts), statistics.median(p["route_ms"] for p in parts)))
         after = {n: in_process(directory, texts, args.seconds, n) for n in sorted({1, cores})}
         means = {n: (before[n] + after[n]) / 2 for n in before}
         best = max(means, key=lambda n: means[n])
@@ -198,9 +236,14 @@ def main() -> int:
             print(f"in process, SentenceTransformer.encode(batch_size=32), {n} torch thread(s): {before[n]:.0f} "
                   f"before, {after[n]:.0f} after the clients -> {means[n]:.0f} sentences/s")
         print(f"baseline: {baseline:.0f} sentences/s ({best} thread(s), the better)")
-        print(f"\n{'clients':>8} {'embeddings/s':>13} {'p50 ms':>8} {'vs in-process':>14}")
-        for n, rate, p50 in rows:
-            print(f"{n:>8} {rate:>13.0f} {p50:>8.1f} {rate / baseline:>13.2f}x")
+        print(f"\n{'clients':>8} {'embeddings/s':>13} {'p50 ms':>8} {'p99 ms':>8} {'vs in-process':>14} "
+              f"{'mean batch':>11} {'model ms p50':>13} {'route ms p50':>13}")
+        for n, rate, p50, p99, batch, model_ms, route_ms in rows:
+            print(f"{n:>8} {rate:>13.0f} {p50:>8.1f} {p99:>8.1f} {rate / baseline:>13.2f}x {batch:>11.1f} "
+                  f"{model_ms:>13.1f} {route_ms:>13.1f}")
+        for n, shares in cpu_rows:
+            print(f"CPU (cores busy) at {n} clients: " + ", ".join(f"{k} {v:.2f}" for k, v in shares.items())
+                  + f"; load average {os.getloadavg()[0]:.2f}")
         print(f"\nworker (batch size {args.batch_size}, wait {args.wait_ms:g} ms, concurrency {args.concurrency}, "
               f"torch threads {args.torch_threads}): "
               f"batching {cached['batching']}")
