@@ -6,6 +6,7 @@ Only the worker of a pool that serves these models imports torch and transformer
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import tempfile
@@ -41,10 +42,17 @@ class TextModel:
         self.max_input_tokens = max_input_tokens
         self.context = context  # prompt plus new tokens, for a causal LM
         self.batcher = Batcher(self._run_batch, settings.genai_batch_size, settings.genai_batch_wait_ms)
+        # A fast tokenizer is not thread-safe: each call sets its padding and truncation on the shared Rust object, so
+        # a length check on one thread while a batch pads on another broke that batch ("Unable to create tensor").
+        # Checks use a copy of their own; the batch leader (one at a time) and generate (under its lock) the original.
+        self._check_tokenizer = copy.deepcopy(tokenizer)
+        self._check_lock = threading.Lock()
+        self._generate_lock = threading.Lock()
 
     def check_lengths(self, texts: list[str], extra: int = 0) -> None:
         """Refuse a text over the token bound, naming its row."""
-        lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=True)["input_ids"]]
+        with self._check_lock:
+            lengths = [len(ids) for ids in self._check_tokenizer(texts, add_special_tokens=True)["input_ids"]]
         for i, n in enumerate(lengths):
             if n > self.max_input_tokens:
                 raise InputRejectedError(f"row {i}: {n} tokens is over the limit of {self.max_input_tokens} tokens per "
@@ -81,18 +89,19 @@ class TextModel:
         else:
             options["do_sample"] = False
         out = []
-        # Prompts run one at a time: padding a batch would change a greedy continuation.
+        # Prompts run one at a time: padding a batch would change a greedy continuation. One generate at a time per
+        # model: the tokenizer is shared, and a seeded run holds torch's global generator anyway.
         for prompt in prompts:
-            encoded = self.tokenizer(prompt, return_tensors="pt").to(self.device)
-            with torch.no_grad():
+            with self._generate_lock, torch.no_grad():
+                encoded = self.tokenizer(prompt, return_tensors="pt").to(self.device)
                 if "seed" in params:
                     with _SEED_LOCK:
                         torch.manual_seed(int(params["seed"]))
                         ids = self.model.generate(**encoded, **options)
                 else:
                     ids = self.model.generate(**encoded, **options)
-            new = ids[0][encoded["input_ids"].shape[1]:]
-            out.append(self.tokenizer.decode(new, skip_special_tokens=True))
+                new = ids[0][encoded["input_ids"].shape[1]:]
+                out.append(self.tokenizer.decode(new, skip_special_tokens=True))
         return out
 
     def memory(self) -> tuple[int, int]:

@@ -157,7 +157,7 @@ def test_oip_v2_takes_bytes_and_answers_fp32(admin: Client, minilm: str, expecte
 
 def test_concurrent_requests_are_batched_and_each_gets_its_own_vector(
         admin: Client, stack: Stack, minilm: str, expected: np.ndarray) -> None:
-    clients = 12
+    clients = 16
     answers: dict[int, Any] = {}
     for _ in range(3):  # on a busy machine one round may not overlap; each round is a few hundred ms
         barrier = threading.Barrier(clients)

@@ -118,6 +118,7 @@ def clients(url: str, key: str, name: str, texts: list[str], n: int,
     stop = time.perf_counter() + seconds
     latencies: list[float] = []
     timings: list[dict[str, float]] = []
+    errors: list[str] = []
     lock = threading.Lock()
 
     # A plain keep-alive HTTP connection per client and bodies encoded beforehand: on 2 cores, requests' own CPU
@@ -134,8 +135,11 @@ def clients(url: str, key: str, name: str, texts: list[str], n: int,
             conn.request("POST", f"/api/v1/models/{name}/predict", body=bodies[i % len(bodies)], headers=headers)
             resp = conn.getresponse()
             data = resp.read()
-            if resp.status != 200:
-                raise SystemExit(f"HTTP {resp.status}: {data[:300]!r}")
+            if resp.status != 200:  # counted and shown: a thread's SystemExit would only end that client quietly
+                with lock:
+                    errors.append(f"HTTP {resp.status} after {time.perf_counter() - t:.1f} s: {data[:200]!r}")
+                i += n
+                continue
             mine.append(time.perf_counter() - t)
             parts.append(orjson.loads(data)["timings"])
             i += n
@@ -148,6 +152,9 @@ def clients(url: str, key: str, name: str, texts: list[str], n: int,
     threads = [threading.Thread(target=client, args=(k,)) for k in range(n)]
     [t.start() for t in threads]
     [t.join() for t in threads]
+    if errors:
+        print(f"{n} clients: {len(errors)} errors, first: {errors[0]}")
+    print(f"{n} clients: slowest request {max(latencies):.2f} s; wall {time.perf_counter() - started:.1f} s")
     return len(latencies) / (time.perf_counter() - started), latencies, timings
 
 
