@@ -96,18 +96,23 @@ if rank >= RANK["service"]:
 if rank >= RANK["analyst"]:
     pages.append(st.Page("pages/monitoring.py", title="Monitoring", icon=":material/monitoring:"))
     pages.append(st.Page("pages/datasources.py", title="Data sources", icon=":material/database:"))
+# A key limited to some models ("models" in /me) may not use what spans every model (the API refuses it:
+# x-model-scope "unscoped"), so those pages are not offered; the others list only its models.
+scoped = bool(me.get("models"))
 if rank >= RANK["operator"]:
     pages += [
         st.Page("pages/models.py", title="Models", icon=":material/deployed_code:"),
-        st.Page("pages/runtimes.py", title="Runtimes", icon=":material/memory:"),
+        *([] if scoped else [st.Page("pages/runtimes.py", title="Runtimes", icon=":material/memory:")]),
         st.Page("pages/jobs.py", title="Batch jobs", icon=":material/batch_prediction:"),
-        st.Page("pages/audit.py", title="Audit trail", icon=":material/fact_check:"),
+        *([] if scoped else [st.Page("pages/audit.py", title="Audit trail", icon=":material/fact_check:")]),
     ]
-if rank >= RANK["admin"]:
+if rank >= RANK["admin"] and not scoped:
     pages.append(st.Page("pages/keys.py", title="API keys", icon=":material/key:"))
 
 with st.sidebar:
     st.markdown(f"**{me['subject']}**  \nrole: `{me['role']}`")
+    if scoped:
+        st.caption("models: " + ", ".join(me["models"]))
     if st.button("Sign out", icon=":material/logout:"):
         sign_out()
 

@@ -15,13 +15,14 @@ from server.core.settings import SettingsError, load_settings
 
 def _cmd_up(args: argparse.Namespace) -> int:
     settings = load_settings()
+    layout = Layout(settings.home.resolve())
+    print(f"Starting ModelDeck in {layout.home} (logs in {layout.logs}):", flush=True)
     try:
-        secret = stack.up(settings)
+        secret = stack.up(settings, progress=lambda line: print(line, flush=True))
     except stack.StackError as exc:
         print(f"error: {exc}", file=sys.stderr)
         stack.down(settings)
         return 1
-    layout = Layout(settings.home.resolve())
     url = stack.api_url(settings)
     print(f"ModelDeck is up.\n  Console:   {console_url()}\n  API:       {url}/api/v1\n  API docs:  {url}/api/docs\n"
           f"  admin key: {secret}\n  (also in {layout.admin_key}, mode 600)\n"
@@ -56,7 +57,7 @@ def console_url() -> str:
 
 
 def _cmd_down(_: argparse.Namespace) -> int:
-    stopped = stack.down(load_settings())
+    stopped = stack.down(load_settings(), progress=lambda line: print(line, flush=True))
     print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
     return 0
 
@@ -87,7 +88,7 @@ def _cmd_admin_key(args: argparse.Namespace) -> int:
     doc, secret = keys_repo.create_key(db, args.name, "admin", None, None, "modeldeck admin-key")
     audit_repo.append(db, {"time": now_iso(), "actor": "cli:modeldeck admin-key", "method": "cli", "role": "admin",
                            "action": "apikey.create", "target": doc["_id"], "outcome": "success", "status": 201,
-                           "details": {"name": args.name, "role": "admin"}})
+                           "details": {"name": args.name, "role": "admin"}}, audit_repo.audit_keys(load_settings()))
     print(secret)
     return 0
 
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     p_logs.add_argument("component", nargs="?", choices=stack.COMPONENTS)
     p_logs.add_argument("-n", "--lines", type=int, default=40)
     p_logs.set_defaults(func=_cmd_logs)
-    p_compose = sub.add_parser("compose", help="the docker-compose stack: init (write .env), config, up, down, ps, logs",
+    p_compose = sub.add_parser("compose", help="the docker-compose stack: init (write .env), config, up, down, ps, logs, smoke (build, run, check)",
                                add_help=False)
     p_compose.set_defaults(func=None)
     argv = sys.argv[1:] if argv is None else argv

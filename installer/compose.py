@@ -1,4 +1,4 @@
-"""``modeldeck compose init|config|up|down``: the docker-compose stack in compose/."""
+"""``modeldeck compose init|config|up|down|ps|logs|smoke``: the docker-compose stack in compose/."""
 
 from __future__ import annotations
 
@@ -56,10 +56,15 @@ def main(argv: list[str]) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="modeldeck compose")
-    parser.add_argument("action", choices=["init", "config", "up", "down", "ps", "logs"])
+    parser.add_argument("action", choices=["init", "config", "up", "down", "ps", "logs", "smoke"])
     parser.add_argument("--env-file", type=Path, default=COMPOSE_DIR / ".env")
     parser.add_argument("--gpu", action="store_true", help="include the gpu worker (profile gpu)")
     args, rest = parser.parse_known_args(argv)
+    if args.action == "smoke":
+        # Builds and runs the whole stack end to end with fresh secrets of its own (installer/smoke/).
+        from installer.smoke.run import main as smoke
+
+        return smoke(rest)
     if args.action == "init":
         if init_env(args.env_file):
             print(f"wrote {args.env_file} with fresh secrets (mode 600)")

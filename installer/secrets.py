@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from installer.processes import Layout
 from server.core import audit_repo, crypto, datasources_repo
 from server.core.clock import now_iso
@@ -59,7 +61,14 @@ def rotate(settings: Settings, layout: Layout, new_key: str | None) -> tuple[str
     local = not configured or (path.exists() and path.read_text().strip() == configured)
     if local:
         write_key(path, new)
-    audit_repo.append(db, {"time": now_iso(), "actor": "cli:modeldeck rotate-secret-key", "method": "cli", "role": "admin",
-                           "action": "secret_key.rotate", "target": "datasources", "outcome": "success", "status": 200,
-                           "details": {"reencrypted": count, "secret_changed": True}})
+    entry = {"time": now_iso(), "actor": "cli:modeldeck rotate-secret-key", "method": "cli", "role": "admin",
+             "action": "secret_key.rotate", "target": "datasources", "outcome": "success", "status": 200,
+             "details": {"reencrypted": count, "secret_changed": True}}
+    keys = audit_repo.audit_keys(settings.model_copy(update={"secret_key": SecretStr(current)}))
+    audit_repo.append(db, entry, keys)
+    if not settings.audit_key.get_secret_value():
+        # The chain's key is derived from the secret key: pass it on with one entry signed by the old and the new.
+        new_keys = audit_repo.AuditKeys(current=audit_repo.derived_key(new), previous=(keys.current,), head_path=keys.head_path)
+        audit_repo.append(db, {**entry, "action": audit_repo.ROTATE, "target": "audit", "old_key": keys.current,
+                               "details": {"old_key_id": keys.current_id, "new_key_id": new_keys.current_id}}, new_keys)
     return new, count, local

@@ -18,6 +18,8 @@ from installer.processes import Layout, running, start
 from server.core.broker import close_quietly, connect, parse_broker_url
 from server.core.settings import Settings
 
+ROOT = Path(__file__).resolve().parent.parent
+
 
 class StackError(Exception):
     """A component could not be brought up; the message says what to do."""
@@ -38,7 +40,7 @@ def ensure_broker(settings: Settings, layout: Layout | None = None, wait_s: floa
         return False
     host = urlparse(settings.broker_url).hostname or ""
     if host not in ("127.0.0.1", "localhost", "::1"):
-        raise StackError(f"no AMQP broker answers at {_redact(settings.broker_url)}; check MODELDECK_BROKER_URL and that it is reachable")
+        raise StackError(f"no AMQP broker answers at {redact(settings.broker_url)}; check MODELDECK_BROKER_URL and that it is reachable")
     if shutil.which("rabbitmq-server") is None:
         if os.geteuid() == 0 and shutil.which("apt-get"):
             print("RabbitMQ is not installed; installing Debian's rabbitmq-server with apt-get ...", flush=True)
@@ -47,7 +49,7 @@ def ensure_broker(settings: Settings, layout: Layout | None = None, wait_s: floa
             subprocess.run(["apt-get", "install", "-y", "-q", "rabbitmq-server"], check=True, env=env, stdout=subprocess.DEVNULL)
         else:
             raise StackError(
-                "no RabbitMQ answers at " + _redact(settings.broker_url) + " and rabbitmq-server is not installed; "
+                "no RabbitMQ answers at " + redact(settings.broker_url) + " and rabbitmq-server is not installed; "
                 "install it with `sudo apt-get install rabbitmq-server` (or point MODELDECK_BROKER_URL at a broker)"
             )
     if not broker_answers(settings.broker_url):
@@ -74,7 +76,8 @@ def stop_broker_if_ours(layout: Layout) -> bool:
     return True
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
+    """Return url with its password replaced by ***."""
     parsed = urlparse(url)
     if parsed.password:
         return url.replace(f":{parsed.password}@", ":***@")
@@ -93,11 +96,10 @@ def repository_answers(url: str, timeout_ms: int = 1000) -> bool:
         client.close()
 
 
-def nx_command(db_path: Path, port: int, layout_run: Path) -> list[str]:
-    """Return the command line of the embedded nx-27017 server."""
-    exe = Path(sys.executable).with_name("nx-27017")
-    binary = str(exe) if exe.exists() else (shutil.which("nx-27017") or "nx-27017")
-    return [binary, "--db", str(db_path), "--host", "127.0.0.1", "--port", str(port),
+def nx_command(db_path: Path, port: int, layout_run: Path, log_level: str = "WARNING") -> list[str]:
+    """Return the command line of the embedded nx-27017 server (through our wrapper, which sets its log level)."""
+    return [sys.executable, "-m", "installer.repository_server", "--log-level", log_level,
+            "--db", str(db_path), "--host", "127.0.0.1", "--port", str(port),
             "--log-file", str(layout_run / "nx-27017.log"), "--pid-file", str(layout_run / "nx-27017.pid")]
 
 
@@ -114,7 +116,8 @@ def ensure_repository(settings: Settings, layout: Layout, env: dict[str, str], w
         raise StackError(
             f"port {settings.embedded_mongo_port} is taken by another server; stop it or set MODELDECK_EMBEDDED_MONGO_PORT"
         )
-    start(layout, "repository", nx_command(layout.data / "repository.db", settings.embedded_mongo_port, layout.run), env)
+    start(layout, "repository", nx_command(layout.data / "repository.db", settings.embedded_mongo_port, layout.run,
+                                           settings.embedded_mongo_log_level), env, ROOT)
     deadline = time.monotonic() + wait_s
     while not repository_answers(url, 300):
         if running(layout, "repository") is None or time.monotonic() > deadline:
@@ -153,10 +156,10 @@ def ensure_postgres(url: str, wait_s: float = 60) -> bool:
         return False
     host = urlparse(url).hostname or ""
     if host not in ("127.0.0.1", "localhost", "::1"):
-        raise StackError(f"no PostgreSQL answers at {_redact(url)}; check that the server is reachable")
+        raise StackError(f"no PostgreSQL answers at {redact(url)}; check that the server is reachable")
     if shutil.which("pg_lsclusters") is None:
         if os.geteuid() != 0 or shutil.which("apt-get") is None:
-            raise StackError(f"no PostgreSQL answers at {_redact(url)} and it is not installed; install Debian's "
+            raise StackError(f"no PostgreSQL answers at {redact(url)} and it is not installed; install Debian's "
                              "postgresql (sudo apt-get install postgresql) and allow the URL's user on 127.0.0.1")
         _install_postgres()
     listing = subprocess.run(["pg_lsclusters", "--no-header"], capture_output=True, text=True, check=False).stdout
@@ -168,7 +171,7 @@ def ensure_postgres(url: str, wait_s: float = 60) -> bool:
     deadline = time.monotonic() + wait_s
     while not postgres_answers(url):
         if time.monotonic() > deadline:
-            raise StackError(f"PostgreSQL did not answer at {_redact(url)} within {wait_s:.0f} s; see /var/log/postgresql/")
+            raise StackError(f"PostgreSQL did not answer at {redact(url)} within {wait_s:.0f} s; see /var/log/postgresql/")
         time.sleep(1)
     return True
 

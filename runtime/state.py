@@ -9,6 +9,7 @@ from pymongo.database import Database
 
 from runtime.cache import ModelCache
 from runtime.environment import apply_memory_limit
+from server.core.audit_repo import AuditKeys, audit_keys
 from server.core.db import connect
 from server.core.settings import Settings
 
@@ -18,6 +19,7 @@ class WorkerState:
     settings: Settings
     db: Database
     cache: ModelCache
+    audit_keys: AuditKeys
     busy: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -32,7 +34,8 @@ def init_state(settings: Settings) -> WorkerState:
         # Before the model cache fills: a model that allocates without bound must hit this process's limit.
         apply_memory_limit(settings.worker_memory_limit_mb)
         cache = ModelCache(settings.model_cache_size, settings.model_cache_mb * 2**20, _device_bytes(settings))
-        _state = WorkerState(settings=settings, db=connect(settings), cache=cache)
+        # Jobs' audit entries are signed here too; without a key the worker refuses to start (SettingsError).
+        _state = WorkerState(settings=settings, db=connect(settings), cache=cache, audit_keys=audit_keys(settings))
     return _state
 
 

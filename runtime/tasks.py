@@ -8,6 +8,7 @@ from celery import shared_task
 from celery.utils.log import get_task_logger
 
 from runtime.batch import run_batch
+from runtime.batch_chunks import run_chunk
 from runtime.inference import run_prediction
 from runtime.state import get_state
 from server.core import jobs_repo, wire
@@ -28,7 +29,7 @@ def predict_job(job_id: str) -> None:
     state = get_state()
     job = jobs_repo.start_job(state.db, job_id)
     if job is None:
-        if jobs_repo.record_missing_finish(state.db, job_id):
+        if jobs_repo.record_missing_finish(state.db, job_id, state.audit_keys):
             logger.warning("job %s was finished by a worker that died before auditing it; job.finish recorded now", job_id)
         logger.info("job %s already finished or unknown; skipping", job_id)
         return
@@ -42,7 +43,7 @@ def predict_job(job_id: str) -> None:
         stored = jobs_repo.finish_job(state.db, job_id, error={"code": outcome.error_code, "message": outcome.error_message})
     if stored:
         jobs_repo.record_event(state.db, job, "job.finish", "success" if outcome.ok else "failed",
-                               {"kind": "predict", "error": None if outcome.ok else outcome.error_code})
+                               {"kind": "predict", "error": None if outcome.ok else outcome.error_code}, state.audit_keys)
     logger.info("job %s finished ok=%s", job_id, outcome.ok)
 
 
@@ -52,7 +53,7 @@ def batch_job(job_id: str) -> None:
     state = get_state()
     job = jobs_repo.start_job(state.db, job_id)
     if job is None:
-        if jobs_repo.record_missing_finish(state.db, job_id):
+        if jobs_repo.record_missing_finish(state.db, job_id, state.audit_keys):
             logger.warning("job %s was finished by a worker that died before auditing it; job.finish recorded now", job_id)
         logger.info("job %s already finished, cancelled or unknown; skipping", job_id)
         return
@@ -61,6 +62,20 @@ def batch_job(job_id: str) -> None:
         state.busy += 1
     try:
         run_batch(state, job)
+    finally:
+        with state.lock:
+            state.busy -= 1
+
+
+@shared_task(name=wire.BATCH_CHUNK_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def batch_chunk(self: Any, job_id: str, chunk: dict[str, Any]) -> None:
+    """Score one planned chunk of a batch job; a redelivered or duplicate one is committed at most once."""
+    state = get_state()
+    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+    with state.lock:
+        state.busy += 1
+    try:
+        run_chunk(state, job_id, chunk, redelivered)
     finally:
         with state.lock:
             state.busy -= 1

@@ -36,7 +36,11 @@ def main(argv: list[str] | None = None) -> int:
               "driver and nvidia-ml-py), or serve a CPU pool with MODELDECK_WORKER_POOL=cpu", file=sys.stderr)
         return 3
     app = create_celery(settings)
-    state = init_state(settings)
+    try:
+        state = init_state(settings)
+    except SettingsError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     try:
         check_key_present(settings, count_datasources(state.db))
     except SettingsError as exc:

@@ -155,7 +155,9 @@ def start_api(stack: Stack, **env: str) -> tuple[Proc, str]:
     """Serve the API with gunicorn on an ephemeral port, as `modeldeck up` does."""
     port = free_port()
     log = stack.tmp / f"api-{port}.log"
+    # No control socket: gunicorn's default (~/.gunicorn/gunicorn.ctl) is one per user, shared by every test API.
     cmd = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "16",
+           "--no-control-socket",
            "--worker-class", "server.http.gunicorn_worker.LingeringThreadWorker", "server.http.wsgi:app"]
     proc = Proc(cmd, {**stack.env, **env}, log)
     url = f"http://127.0.0.1:{port}"

@@ -99,8 +99,9 @@ def test_scoped_service_key_reaches_only_its_models(operator: Client, make_clien
     service = make_client("service", models=[mine])
     assert service.post(f"/api/v1/models/{mine}/predict", json={"inputs": [[5.1, 3.5, 1.4, 0.2]]}).status_code == 200
     refused = service.post(f"/api/v1/models/{other}/predict", json={"inputs": [[5.1, 3.5, 1.4, 0.2]]})
-    assert refused.status_code == 403
-    assert refused.json()["error"]["message"] == f"this credential is limited to models {mine}; it may not use '{other}'"
+    # Outside its scope a model looks like one that does not exist (tests/test_scope.py walks every operation).
+    assert refused.status_code == 404
+    assert refused.json()["error"]["message"] == f"model '{other}' does not exist"
     assert service.get(f"/api/v1/models/{other}").status_code == 404
     assert service.get(f"/api/v1/models/{mine}").status_code == 200
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import csv
 import io
 import multiprocessing
+from pathlib import Path
 from typing import Any
 
 import pymongo
 
-from conftest import Client, Proc, Stack, start_api, unique
+from conftest import SECRET_KEY, Client, Proc, Stack, start_api, unique
 from server.core import audit_repo
+from server.core.settings import Settings
 
 
 def entries(client: Client, **filters: Any) -> list[dict[str, Any]]:
@@ -119,7 +121,8 @@ def test_verify_detects_an_edited_and_a_deleted_entry(stack: Stack, admin: Clien
     stack.db.audit.update_one({"_id": victim["_id"]}, {"$set": {"actor": "apikey:someone-else"}})
     report = admin.get("/api/v1/audit/verify").json()
     assert report["valid"] is False
-    assert report["first_broken"] == {"seq": victim["seq"], "reason": "its content does not match its hash (edited)"}
+    assert report["first_broken"] == {"seq": victim["seq"],
+                                      "reason": "its content does not match its MAC (edited, or signed with another key)"}
     stack.db.audit.update_one({"_id": victim["_id"]}, {"$set": {"actor": victim["actor"]}})
     assert admin.get("/api/v1/audit/verify").json()["valid"] is True
 
@@ -133,29 +136,37 @@ def test_verify_detects_an_edited_and_a_deleted_entry(stack: Stack, admin: Clien
     report = admin.get("/api/v1/audit/verify").json()
     assert report["valid"] is False and "deleted from the end" in report["first_broken"]["reason"]
     stack.db.audit.insert_one(tail)
-    assert admin.get("/api/v1/audit/verify").json() == {"valid": True, "entries": stack.db.audit.count_documents({})}
+    assert valid(admin.get("/api/v1/audit/verify").json(), stack.db.audit.count_documents({}))
 
 
-def _write_entries(url: str, db_name: str, writer: int, count: int) -> None:
+def _write_entries(url: str, db_name: str, writer: int, count: int, home: str, secret: str) -> None:
     client: pymongo.MongoClient = pymongo.MongoClient(url)
+    # The session's key is passed in: a spawned process importing conftest would make a new one.
+    keys = audit_repo.audit_keys(Settings(secret_key=secret, home=Path(home)))
     for i in range(count):
         audit_repo.append(client[db_name], {"time": "2026-01-01T00:00:00.000000+00:00", "actor": f"writer-{writer}",
-                                            "action": "test.concurrent", "target": str(i), "outcome": "success"})
+                                            "action": "test.concurrent", "target": str(i), "outcome": "success"}, keys)
     client.close()
+
+
+def valid(report: dict[str, Any], entries: int) -> bool:
+    """A report that says valid, counts the entries, and carries the signed head of the newest."""
+    return (report["valid"] is True and report["entries"] == entries and report["head"]["seq"] == entries
+            and set(report["head"]) == {"seq", "mac", "key_id", "signature"})
 
 
 def test_four_processes_appending_at_once_keep_one_chain(stack: Stack, admin: Client) -> None:
     before = stack.db.audit.count_documents({})
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_write_entries, args=(stack.settings.effective_mongo_url, stack.settings.mongo_db, w, 40))
+    procs = [ctx.Process(target=_write_entries, args=(stack.settings.effective_mongo_url, stack.settings.mongo_db, w, 40,
+                                                      str(stack.settings.home), SECRET_KEY))
              for w in range(4)]
     for p in procs:
         p.start()
     for p in procs:
         p.join(120)
         assert p.exitcode == 0
-    report = admin.get("/api/v1/audit/verify").json()
-    assert report == {"valid": True, "entries": before + 160}
+    assert valid(admin.get("/api/v1/audit/verify").json(), before + 160)
     for w in range(4):
         assert stack.db.audit.count_documents({"actor": f"writer-{w}"}) == 40
 
@@ -163,7 +174,8 @@ def test_four_processes_appending_at_once_keep_one_chain(stack: Stack, admin: Cl
 def test_verifying_while_others_append_never_reports_a_false_break(stack: Stack, admin: Client) -> None:
     # Found by the soak: an entry appended between the walk's end and the head's read looked "deleted from the end".
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_write_entries, args=(stack.settings.effective_mongo_url, stack.settings.mongo_db, w, 150))
+    procs = [ctx.Process(target=_write_entries, args=(stack.settings.effective_mongo_url, stack.settings.mongo_db, w, 150,
+                                                      str(stack.settings.home), SECRET_KEY))
              for w in range(3)]
     for p in procs:
         p.start()
@@ -175,4 +187,4 @@ def test_verifying_while_others_append_never_reports_a_false_break(stack: Stack,
         assert p.exitcode == 0
     assert len(reports) >= 3, "the writers finished before verification overlapped them"
     assert [r for r in reports if not r["valid"]] == []
-    assert admin.get("/api/v1/audit/verify").json() == {"valid": True, "entries": stack.db.audit.count_documents({})}
+    assert valid(admin.get("/api/v1/audit/verify").json(), stack.db.audit.count_documents({}))

@@ -85,7 +85,7 @@ def test_operator_scores_a_table_into_another_table(operator: Client, wh: str, m
     listed = operator.get("/api/v1/jobs", params={"kind": "batch", "status": "succeeded"}).json()
     mine = next(j for j in listed["jobs"] if j["id"] == job_id)
     assert mine["progress"]["rows_done"] == 5000 and mine["owner"].startswith("apikey:operator")
-    assert mine["source"] == {"kind": "sql", "datasource": wh, "table": "iris_rows", "key": "id"}
+    assert mine["source"] == {"kind": "sql", "datasource": wh, "table": "iris_rows", "key": "id", "order": "key"}
 
 
 def test_a_query_with_parameters_is_scored_into_a_csv_download(operator: Client, wh: str, model: str, iris: Any) -> None:
@@ -174,12 +174,17 @@ def test_every_job_start_and_finish_is_audited_without_secrets(stack: Stack, ope
     assert entries[1]["outcome"] == "success" and entries[1]["details"]["rows_done"] == 9
 
 
-def test_an_existing_table_is_not_overwritten(operator: Client, wh: str, model: str, source_db: Postgres) -> None:
-    job = wait_done(operator, start(operator, {"model": model, "source": {"datasource": wh, "table": "iris_rows"},
-                                               "destination": {"datasource": wh, "table": "iris_rows"}}))
-    assert job["status"] == "failed"
-    assert job["error"]["message"] == (f"table 'iris_rows' already exists in data source '{wh}'; choose another "
-                                       "table or set destination.if_exists to 'append'")
+def test_an_existing_table_is_refused_at_submit_naming_it_and_the_options(stack: Stack, operator: Client, wh: str,
+                                                                          model: str, source_db: Postgres) -> None:
+    before = stack.db.jobs.count_documents({})
+    resp = operator.post("/api/v1/jobs", json={"model": model, "source": {"datasource": wh, "table": "iris_rows"},
+                                               "destination": {"datasource": wh, "table": "iris_rows"}})
+    assert resp.status_code == 409, resp.text
+    assert resp.json()["error"]["message"] == (
+        f"table 'iris_rows' already exists in data source '{wh}'; choose another table, or set destination.if_exists "
+        "to 'append' to add the rows to it (if_exists takes 'fail', the default, or 'append')")
+    assert resp.json()["error"]["details"]["if_exists"] == ["fail", "append"]
+    assert stack.db.jobs.count_documents({}) == before
     assert source_db.execute("SELECT count(*) FROM iris_rows") == [(5000,)]
 
 

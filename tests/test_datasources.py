@@ -283,6 +283,15 @@ def test_rotating_the_key_reencrypts_every_secret_and_the_old_key_is_no_longer_n
             old.decrypt(token)
     entry = db.audit.find_one({"action": "secret_key.rotate"})
     assert entry["details"] == {"reencrypted": 3, "secret_changed": True}
+    # The audit chain's key is derived from the secret key: the next entry hands it on, signed by both.
+    from server.core import audit_repo
+
+    old_audit, new_audit = audit_repo.derived_key(stack.settings.secret_key.get_secret_value()), audit_repo.derived_key(new_key)
+    handover = db.audit.find_one({"seq": entry["seq"] + 1})
+    assert handover["action"] == audit_repo.ROTATE and handover["key_id"] == audit_repo.key_id(new_audit)
+    assert handover["old_mac"] == audit_repo.entry_mac(handover, old_audit)
+    keys = audit_repo.AuditKeys(current=new_audit, previous=(old_audit,), head_path=tmp_path / "home" / "state" / "audit-head.json")
+    assert audit_repo.verify(db, keys)["valid"] is True
 
 
 def test_the_api_and_workers_refuse_to_start_with_data_sources_and_no_key(stack: Stack, own_repository: Any) -> None:
@@ -291,7 +300,8 @@ def test_the_api_and_workers_refuse_to_start_with_data_sources_and_no_key(stack:
     db, env = own_repository
     datasources_repo.create_datasource(db, {"_id": "src", "kind": "sql", "url_display": "x",
                                             "url_token": crypto.encrypt(stack.settings, "sqlite://")})
-    env = {**env, "MODELDECK_SECRET_KEY": ""}
+    # The audit chain has a key of its own here, so the missing secret key is the data sources' problem alone.
+    env = {**env, "MODELDECK_SECRET_KEY": "", "MODELDECK_AUDIT_KEY": "an-audit-key-of-its-own"}
     expected = ("invalid configuration: MODELDECK_SECRET_KEY is not set, but 1 data source(s) are registered and their "
                 "credentials are encrypted with it; set the key they were stored with (see docs/datasources.md)")
     worker = subprocess.run([sys.executable, "-m", "runtime.worker"], env=env, cwd=ROOT, capture_output=True, text=True, check=False,

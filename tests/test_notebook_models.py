@@ -283,6 +283,13 @@ def test_the_client_scores_a_table_and_a_failed_job_raises_the_servers_message(
     assert "rows" in capsys.readouterr().err  # tqdm's progress bar, on stderr
     ids, predictions = zip(*postgres.execute(f"SELECT id, prediction FROM {out} ORDER BY id"))
     assert list(predictions) == model.predict(features(ids)).tolist()
+    # Probabilities: one column per class, named for it.
+    proba_out = f"{table}_proba"
+    md.score(name, {"datasource": source, "table": table}, {"datasource": source, "table": proba_out},
+             method="predict_proba").wait(timeout_s=120, poll_s=0.2, progress=False)
+    written = postgres.execute(f"SELECT id, proba_0, proba_1, proba_2 FROM {proba_out} ORDER BY id")
+    np.testing.assert_allclose([r[1:] for r in written], model.predict_proba(features([r[0] for r in written])),
+                               rtol=0, atol=1e-9)
     postgres.execute(f"UPDATE {table} SET petal_width = NULL WHERE id = 7")
     failing = md.score(name, {"datasource": source, "table": table}, {"datasource": source, "table": out + "_2"})
     with pytest.raises(JobFailedError) as err:

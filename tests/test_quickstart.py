@@ -80,4 +80,6 @@ def test_readme_quickstart(admin: Client, operator: Client, make_client, iris, i
     # The OpenAPI document and Swagger UI are served.
     doc = admin.get("/api/v1/openapi.json").json()
     assert doc["openapi"].startswith("3.") and "/api/v1/models/{name}/predict" in doc["paths"]
-    assert "swagger-ui" in admin.get("/api/docs/").text
+    for path in ("/api/docs", "/api/docs/"):  # both answer the page itself, no redirect
+        page = admin.get(path, allow_redirects=False)
+        assert page.status_code == 200 and "swagger-ui" in page.text

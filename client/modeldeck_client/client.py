@@ -209,10 +209,13 @@ class ModelDeck:
         return pd.Series(out, index=index, name=method)
 
     # -- jobs ------------------------------------------------------------------------------------------
-    def score(self, name: str, source: dict[str, Any], destination: dict[str, Any], *, version: int | str | None = None,
-              chunk_rows: int | None = None) -> Job:
-        """Start a batch-scoring job from a data source into a table or a file; ``.wait()`` follows it."""
-        body: dict[str, Any] = {"model": name, "source": source, "destination": destination}
+    def score(self, name: str, source: dict[str, Any], destination: dict[str, Any], *, method: str = "predict",
+              version: int | str | None = None, chunk_rows: int | None = None) -> Job:
+        """Start a batch-scoring job from a data source into a table or a file; ``.wait()`` follows it.
+
+        ``method="predict_proba"`` writes one column per class (``proba_<label>``) instead of ``prediction``.
+        """
+        body: dict[str, Any] = {"model": name, "source": source, "destination": destination, "method": method}
         if version is not None:
             body["version"] = version
         if chunk_rows is not None:

@@ -23,8 +23,10 @@ with st.expander("Score a table", icon=":material/table_view:", expanded=not mod
             version = c2.text_input("Version or alias (empty: production, else latest)")
             source = st.selectbox("Read from", sql_sources)
             what = st.text_input("Table, or a SELECT", placeholder="customers",
-                                 help="a table (its primary key orders and resumes the job) or a SELECT query")
-            key = st.text_input("Unique key column (queries; optional)")
+                                 help="a table (its primary or unique key, else its physical order, splits and resumes "
+                                      "the job) or a SELECT query")
+            key = st.text_input("Unique key column(s) (comma-separated; optional)",
+                                help="splits a query across the pool's workers and resumes it; a table finds its own")
             keep = st.text_input("Columns to copy into the output (comma-separated)")
             target = st.radio("Write to", ["a table", "a CSV file", "a Parquet file"], horizontal=True)
             c3, c4 = st.columns(2)
@@ -35,8 +37,9 @@ with st.expander("Score a table", icon=":material/table_view:", expanded=not mod
                 is_query = what.strip().lower().startswith(("select", "with"))
                 src = {"datasource": source, ("query" if is_query else "table"): what.strip(),
                        "keep": [c.strip() for c in keep.split(",") if c.strip()]}
-                if key.strip():
-                    src["key"] = key.strip()
+                keys = [c.strip() for c in key.split(",") if c.strip()]
+                if keys:
+                    src["key"] = keys[0] if len(keys) == 1 else keys
                 dest = ({"datasource": dest_source, "table": dest_table.strip()} if target == "a table"
                         else {"format": "csv" if "CSV" in target else "parquet"})
                 body = {"model": model, "source": src, "destination": dest, "chunk_rows": int(chunk)}

@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from typing import Any
@@ -19,7 +20,7 @@ from server.core import audit_repo, jobs_repo, pools_repo, workers_repo
 from server.core.clock import now_iso
 from server.core.db import connect, ensure_indexes
 from server.core.queues import QueueProbe
-from server.core.settings import Settings, settings_or_exit
+from server.core.settings import Settings, SettingsError, settings_or_exit
 
 logger = logging.getLogger(__name__)
 
@@ -28,12 +29,12 @@ STATE_EVERY_S = 5.0
 PRUNE_EVERY_S = 60.0
 
 
-def audit(db: Database, action: str, target: str, details: dict[str, Any]) -> None:
+def audit(db: Database, keys: audit_repo.AuditKeys, action: str, target: str, details: dict[str, Any]) -> None:
     """Append an audit entry written by the controller (no request, no role)."""
     audit_repo.append(db, {
         "time": now_iso(), "actor": ACTOR, "method": None, "role": None, "action": action, "target": target,
         "outcome": "success", "status": 200, "request_id": None, "client": socket.gethostname(), "details": details,
-    })
+    }, keys)
 
 
 class Controller:
@@ -42,6 +43,7 @@ class Controller:
     def __init__(self, settings: Settings, db: Database, backend: Backend, probe: QueueProbe) -> None:
         self.settings = settings
         self.db = db
+        self.audit_keys = audit_repo.audit_keys(settings)  # SettingsError names the variable when there is no key
         self.backend = backend
         self.probe = probe
         self._changed_at: dict[str, float] = {}
@@ -58,7 +60,7 @@ class Controller:
             jobs_repo.purge_expired_jobs(self.db)
             self._pruned_at = time.monotonic()
         for event in self.backend.supervise():
-            audit(self.db, "controller.restart", event.split(":")[0].removeprefix("pool "), {"event": event})
+            audit(self.db, self.audit_keys, "controller.restart", event.split(":")[0].removeprefix("pool "), {"event": event})
         pools = [p for p in pools_repo.list_pools(self.db) if p.get("autoscale") or p.get("replicas_desired") is not None]
         if not pools:
             return
@@ -98,7 +100,7 @@ class Controller:
             self.backend.scale(name, decision.replicas)
             self._changed_at[name] = now
             logger.info("pool %s scaled from %d to %d workers: %s", name, current, decision.replicas, decision.reason)
-            audit(self.db, "controller.scale", name, {**inputs, "to": decision.replicas, "reason": decision.reason,
+            audit(self.db, self.audit_keys, "controller.scale", name, {**inputs, "to": decision.replicas, "reason": decision.reason,
                                                       "mode": "autoscale" if policy else "manual"})
         state = {"replicas": self.backend.replicas(name), "desired": decision.replicas, "reason": decision.reason,
                  "backend": self.settings.scaler_backend}
@@ -142,6 +144,11 @@ def main() -> int:
     """Entry point of `python -m runtime.controller`."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = settings_or_exit()
+    try:
+        audit_repo.audit_keys(settings)
+    except SettingsError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

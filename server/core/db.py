@@ -10,6 +10,7 @@ from pymongo.database import Database
 from pymongo.errors import ConnectionFailure, PyMongoError
 
 from server.core.audit_repo import ensure_audit_indexes
+from server.core.authfail_repo import ensure_authfail_indexes
 from server.core.errors import InsufficientStorageError, ModelDeckError, UnavailableError
 from server.core.metrics_repo import ensure_metrics_indexes
 from server.core.settings import Settings
@@ -59,5 +60,7 @@ def ensure_indexes(db: Database) -> None:
     db.workers.create_index([("pool", ASCENDING)], name="workers_by_pool")
     db.artifact_chunks.create_index([("sha256", ASCENDING), ("n", ASCENDING)], name="chunks_by_artifact")
     db.job_parts.create_index([("job", ASCENDING), ("n", DESCENDING)], name="job_parts_by_job")
+    db.job_chunks.create_index([("job", ASCENDING)], name="job_chunks_by_job")
     ensure_audit_indexes(db)
+    ensure_authfail_indexes(db)
     ensure_metrics_indexes(db)

@@ -28,8 +28,9 @@ import struct
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 
-from server.core.settings import SettingsError
+from server.core.settings import Settings, SettingsError
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,27 @@ def parse_address(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+@dataclass(frozen=True)
+class ReplyLimits:
+    """How long a connection may take to present the key, and how many may be waiting to, per listener."""
+
+    hello_timeout_s: float = 1.0
+    max_pending: int = 4
+
+
+def listener_config(settings: Settings) -> tuple[str | None, ReplyLimits]:
+    """Return the address reply listeners bind (None: answers go through the broker) and their limits."""
+    limits = ReplyLimits(settings.direct_reply_hello_timeout_s, settings.direct_reply_max_pending)
+    if not settings.direct_replies:
+        return None, limits
+    if settings.broker_url.lower().startswith("amqps:") and not settings.direct_replies_without_tls:
+        # Answers would cross the network in cleartext beside a broker link the deployment chose to encrypt.
+        logger.warning("direct replies are off because the broker is amqps (TLS) and direct replies are cleartext; "
+                       "set MODELDECK_DIRECT_REPLIES_WITHOUT_TLS=true to use them anyway")
+        return None, limits
+    return resolve_host(settings.direct_reply_host), limits
+
+
 def resolve_host(setting: str) -> str:
     """Return the address workers reach this process at (the setting, or this host's own for ``auto``),
     checked by listening on it once; SettingsError names the variable if that fails."""
@@ -65,18 +87,28 @@ def resolve_host(setting: str) -> str:
 
 
 class _Inbound:
-    __slots__ = ("sock", "buf", "trusted")
+    __slots__ = ("sock", "buf", "trusted", "since")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, since: float) -> None:
         self.sock = sock
         self.buf = bytearray()
         self.trusted = False
+        self.since = since  # when it was accepted: it must present the key within the hello timeout
 
 
 class ReplyListener:
-    """One API thread's listening socket and the worker connections it accepted (used by that thread only)."""
+    """One API thread's listening socket and the worker connections it accepted (used by that thread only).
 
-    def __init__(self, host: str) -> None:
+    A connection that has not presented the key within ``limits.hello_timeout_s`` is closed, and at most
+    ``limits.max_pending`` such connections are held at once (more are closed as they are accepted), so a client
+    that can reach the port cannot hold this process's descriptors. The listener runs only while its thread's
+    call waits: between calls, new connections wait in the kernel's backlog, and those already accepted but
+    without the key are closed when the call ends (``close_pending``).
+    """
+
+    def __init__(self, host: str, limits: ReplyLimits = ReplyLimits()) -> None:
+        self.limits = limits
+        self.refused = 0  # connections closed for lack of the key in time, or over the cap (tests read it)
         self.key = secrets.token_hex(_KEY_LEN // 2)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._listener = socket.create_server((host, 0), family=family, backlog=64)
@@ -99,6 +131,10 @@ class ReplyListener:
         """Wait up to timeout_s; return the answers that arrived and whether the watched fd is readable."""
         answers: list[tuple[str, bytes]] = []
         watched_ready = False
+        first_deadline = self._expire(time.monotonic())
+        if first_deadline is not None:
+            # Wake for the hello deadline too; the caller waits again for what is left of its own timeout.
+            timeout_s = min(timeout_s, max(0.0, first_deadline - time.monotonic()))
         for fd, _ in self._poll.poll(max(0, int(timeout_s * 1000) + 1)):
             if fd == self._watched:
                 watched_ready = True
@@ -106,7 +142,30 @@ class ReplyListener:
                 self._accept()
             else:
                 self._read(fd, answers)
+        self._expire(time.monotonic())
         return answers, watched_ready
+
+    def _expire(self, now: float) -> float | None:
+        """Close connections past the hello deadline; return the earliest deadline of those left, if any."""
+        first: float | None = None
+        for fd, conn in list(self._inbound.items()):
+            if conn.trusted:
+                continue
+            deadline = conn.since + self.limits.hello_timeout_s
+            if now >= deadline:
+                logger.info("closed a reply connection that did not present the key within %g s", self.limits.hello_timeout_s)
+                self.refused += 1
+                self._drop(fd)
+            elif first is None or deadline < first:
+                first = deadline
+        return first
+
+    def close_pending(self) -> None:
+        """Close every connection that has not presented the key (the call it might answer is over)."""
+        for fd, conn in list(self._inbound.items()):
+            if not conn.trusted:
+                self.refused += 1
+                self._drop(fd)
 
     def _accept(self) -> None:
         while True:
@@ -117,8 +176,13 @@ class ReplyListener:
             except OSError as exc:
                 logger.warning("could not accept a worker's reply connection: %s", exc)
                 return
+            if sum(1 for c in self._inbound.values() if not c.trusted) >= self.limits.max_pending:
+                # Over the cap: a worker refused here sends its answer through the broker instead.
+                self.refused += 1
+                sock.close()
+                continue
             sock.setblocking(False)
-            self._inbound[sock.fileno()] = _Inbound(sock)
+            self._inbound[sock.fileno()] = _Inbound(sock, time.monotonic())
             self._poll.register(sock.fileno(), select.POLLIN)
 
     def _read(self, fd: int, answers: list[tuple[str, bytes]]) -> None:

@@ -17,6 +17,8 @@ _JOBLIB_MAGICS = (b"\x80", b"\x78", b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x04\x22
 # ONNX operator domains onnxruntime implements itself; any other domain needs a custom-op library, which is code.
 ONNX_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview.training", "com.microsoft")
 DEFAULT_MAX_UNPACKED = 4 * 1024**3
+# What _check_skops and _check_onnx import: scikit-learn comes with skops.io and is most of the 2-3 s and ~200 MB.
+CHECK_MODULES = ("skops.io", "onnx", "onnx.checker", "google.protobuf.message")
 
 
 def check_artifact(fmt: str, stream: BinaryIO, trusted_prefixes: tuple[str, ...],

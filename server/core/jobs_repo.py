@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from pymongo import ReturnDocument
 from pymongo.database import Database
+from pymongo.errors import DuplicateKeyError
 
 from server.core import audit_repo
 from server.core.clock import now_iso
@@ -43,8 +45,20 @@ def get_job(db: Database, job_id: str) -> dict[str, Any]:
     """Return a job that has not expired, or raise NotFoundError."""
     doc = db.jobs.find_one({"_id": job_id})
     if doc is None or doc["expires_at"] < now_iso():
-        raise NotFoundError(f"job '{job_id}' does not exist or its result has expired", {"id": job_id})
+        raise missing_job(job_id)
     return doc
+
+
+def missing_job(job_id: str) -> NotFoundError:
+    """Return the error a job that does not exist or has expired gets."""
+    return NotFoundError(f"job '{job_id}' does not exist or its result has expired", {"id": job_id})
+
+
+def job_model(db: Database, job_id: str) -> str | None:
+    """Return the name of the model a job runs, or None when there is no such job."""
+    # The whole params: nx-27017 does not return a dotted projection's field.
+    doc = db.jobs.find_one({"_id": job_id}, {"params": 1})
+    return None if doc is None else str(doc.get("params", {}).get("model", ""))
 
 
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -102,27 +116,30 @@ def set_progress(db: Database, job_id: str, progress: dict[str, Any]) -> None:
 
 
 def list_jobs(db: Database, owner: str | None, status: str | None, kind: str | None, limit: int,
-              offset: int) -> tuple[list[dict[str, Any]], int]:
-    """Return jobs that have not expired, newest first, and how many match."""
+              offset: int, models: tuple[str, ...] | None = None) -> tuple[list[dict[str, Any]], int]:
+    """Return jobs that have not expired (of these models only, when given), newest first, and how many match."""
     query: dict[str, Any] = {"expires_at": {"$gte": now_iso()}}
     for field, value in (("owner", owner), ("status", status), ("kind", kind)):
         if value is not None:
             query[field] = value
+    if models is not None:
+        query["params.model"] = {"$in": list(models)}
     total = db.jobs.count_documents(query)
     docs = list(db.jobs.find(query, {"params.rows": 0}).sort("created_at", -1).skip(offset).limit(limit))
     return docs, total
 
 
-def record_event(db: Database, job: dict[str, Any], action: str, outcome: str, details: dict[str, Any]) -> None:
+def record_event(db: Database, job: dict[str, Any], action: str, outcome: str, details: dict[str, Any],
+                 keys: audit_repo.AuditKeys) -> None:
     """Write a job's audit entry from a worker (outside any request)."""
     import socket
 
     audit_repo.append(db, {"time": now_iso(), "actor": f"worker:{socket.gethostname()}", "method": "worker",
                            "role": None, "action": action, "target": job["_id"], "outcome": outcome, "status": None,
-                           "request_id": job["_id"], "client": None, "details": {"owner": job["owner"], **details}})
+                           "request_id": job["_id"], "client": None, "details": {"owner": job["owner"], **details}}, keys)
 
 
-def record_missing_finish(db: Database, job_id: str) -> bool:
+def record_missing_finish(db: Database, job_id: str, keys: audit_repo.AuditKeys) -> bool:
     """For a redelivered task whose job is already finished: write its job.finish entry if it has none.
 
     A worker stores the outcome, then writes the audit entry, then acknowledges the task. One that dies between
@@ -141,7 +158,7 @@ def record_missing_finish(db: Database, job_id: str) -> bool:
     status = doc["status"]
     record_event(db, doc, "job.finish", "success" if status == "succeeded" else status,
                  {"kind": doc["kind"], "status": status, "error": (doc.get("error") or {}).get("code"),
-                  "recorded_on_redelivery": True})
+                  "recorded_on_redelivery": True}, keys)
     return True
 
 
@@ -152,6 +169,8 @@ def purge_expired_jobs(db: Database) -> int:
         files = {(job.get("result") or {}).get("artifact"), ((job.get("params") or {}).get("source") or {}).get("artifact")}
         db.jobs.delete_one({"_id": job["_id"]})
         db.job_parts.delete_many({"job": job["_id"]})
+        db.job_chunks.delete_many({"job": job["_id"]})
+        db.job_plans.delete_many({"_id": job["_id"]})
         for sha in files - {None}:
             release_file(db, sha)
     return len(expired)
@@ -166,3 +185,65 @@ def release_file(db: Database, sha256: str) -> bool:
     db.artifacts.delete_one({"_id": sha256})
     db.artifact_chunks.delete_many({"sha256": sha256})
     return True
+
+
+# ---- A batch job split into chunks that every worker of its pool takes a share of ---------------------------------
+
+
+def save_plan(db: Database, job_id: str, chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Store a job's chunk plan once and return the stored one (a redelivered planner keeps the first plan)."""
+    try:
+        db.job_plans.insert_one({"_id": job_id, "job": job_id, "chunks": chunks})
+    except DuplicateKeyError:
+        pass
+    doc = db.job_plans.find_one({"_id": job_id})
+    return list(doc["chunks"]) if doc else chunks
+
+
+def get_plan(db: Database, job_id: str) -> list[dict[str, Any]] | None:
+    """Return a job's stored chunk plan, or None before it was planned."""
+    doc = db.job_plans.find_one({"_id": job_id})
+    return list(doc["chunks"]) if doc else None
+
+
+def record_chunk(db: Database, job_id: str, n: int, rows: int, state: str, worker: str) -> None:
+    """Account for chunk n once: 'done' (its rows are committed), 'skipped' (cancelled or stopped) or 'failed'."""
+    try:
+        db.job_chunks.insert_one({"_id": f"{job_id}_{n}", "job": job_id, "n": n, "rows": rows, "state": state,
+                                  "worker": worker, "at": now_iso()})
+    except DuplicateKeyError:
+        pass  # a redelivered or duplicate run of the chunk; the first account stands
+
+
+def chunk_totals(db: Database, job_id: str) -> dict[str, int]:
+    """Return how many chunks of a job are accounted for, how many are done, and their rows."""
+    totals = {"settled": 0, "done": 0, "rows": 0}
+    for group in db.job_chunks.aggregate([{"$match": {"job": job_id}},
+                                          {"$group": {"_id": "$state", "n": {"$sum": 1}, "rows": {"$sum": "$rows"}}}]):
+        totals["settled"] += group["n"]
+        if group["_id"] == "done":
+            totals["done"], totals["rows"] = group["n"], group["rows"]
+    return totals
+
+
+def count_settled(db: Database, job_id: str, rows: int, done: bool) -> dict[str, Any] | None:
+    """Count one more settled chunk and its rows into the job's progress; return the counters after it.
+
+    A chunk redelivered after its worker died counts again, so the counters may run ahead of the distinct chunks
+    (never behind): reaching the total only prompts the exact count from job_chunks (chunk_totals).
+    """
+    return db.jobs.find_one_and_update(
+        {"_id": job_id}, {"$inc": {"settled_count": 1, "progress.rows_done": rows, "progress.chunks_done": int(done)},
+                          "$set": {"updated_at": now_iso()}},
+        projection={"settled_count": 1, "chunks_total": 1}, return_document=ReturnDocument.AFTER)
+
+
+def stop_job(db: Database, job_id: str, error: dict[str, Any]) -> None:
+    """Stop a split job after a chunk failed: its other chunks are skipped, the first error is the job's."""
+    db.jobs.update_one({"_id": job_id, "status": {"$in": ACTIVE}, "stop_error": {"$exists": False}},
+                       {"$set": {"stop_error": error}})
+
+
+def count_attempt(db: Database, job_id: str) -> None:
+    """Count a redelivered chunk (its worker was lost) as another attempt of the job."""
+    db.jobs.update_one({"_id": job_id}, {"$inc": {"attempts": 1}})

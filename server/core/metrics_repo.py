@@ -92,10 +92,13 @@ def insert_alert(db: Database, alert: dict[str, Any]) -> bool:
     return True
 
 
-def find_alerts(db: Database, since: float, model: str | None, limit: int) -> list[dict[str, Any]]:
-    """Return alerts since a time, newest first."""
+def find_alerts(db: Database, since: float, model: str | None, limit: int,
+                models: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+    """Return alerts since a time (of one model, or of these models), newest first."""
     query: dict[str, Any] = {"t": {"$gte": since}}
-    if model:
+    if models is not None:
+        query["model"] = {"$in": [m for m in models if not model or m == model]}
+    elif model:
         query["model"] = model
     return list(db[ALERTS].find(query).sort("t", -1).limit(limit))
 

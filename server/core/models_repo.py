@@ -74,9 +74,15 @@ def create_version(db: Database, doc: VersionDoc) -> VersionDoc:
     raise ConflictError(f"could not allocate a version for model '{name}': too many concurrent uploads; retry")
 
 
-def list_models(db: Database, prefix: str, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
-    """Return one page of models whose name starts with a prefix, and the total count."""
-    query: dict[str, Any] = {"_id": {"$regex": "^" + re.escape(prefix)}} if prefix else {}
+def list_models(db: Database, prefix: str, limit: int, offset: int,
+                names: tuple[str, ...] | None = None) -> tuple[list[dict[str, Any]], int]:
+    """Return one page of models whose name starts with a prefix (and is one of names, when given), and the total."""
+    clauses: list[dict[str, Any]] = []
+    if prefix:
+        clauses.append({"_id": {"$regex": "^" + re.escape(prefix)}})
+    if names is not None:
+        clauses.append({"_id": {"$in": list(names)}})
+    query: dict[str, Any] = {"$and": clauses} if len(clauses) > 1 else (clauses[0] if clauses else {})
     total = db.models.count_documents(query)
     models = list(db.models.find(query).sort("_id", 1).skip(offset).limit(limit))
     for model in models:

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     predict_timeout_s: float = Field(default=30.0, gt=0)
     direct_replies: bool = True
     direct_reply_host: str = Field(default="127.0.0.1", min_length=1)
+    direct_reply_hello_timeout_s: float = Field(default=1.0, gt=0, le=30)
+    direct_reply_max_pending: int = Field(default=4, ge=1, le=1000)
+    direct_replies_without_tls: bool = False
     worker_pool: str = Field(default="cpu", pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")
     worker_concurrency: int = Field(default=4, ge=1)
     worker_memory_limit_mb: int = Field(default=0, ge=0)
@@ -84,10 +87,15 @@ class Settings(BaseSettings):
     keycloak_leeway_s: int = Field(default=30, ge=0, le=300)
     keycloak_role_map: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_ROLE_MAP))
     audit_prediction_sample_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    audit_key: SecretStr = SecretStr("")
+    audit_previous_keys: tuple[SecretStr, ...] = ()
     auth_failure_limit: int = Field(default=20, ge=1)
     auth_failure_window_s: float = Field(default=60.0, gt=0)
     cors_origins: tuple[str, ...] = ()
     trusted_proxies: int = Field(default=0, ge=0, le=5)
+    access_log: Literal["text", "json", "off"] = "text"
+    preload_upload_libraries: bool = True
+    embedded_mongo_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
     # Monitoring (docs/monitoring.md).
     metrics_enabled: bool = True
     metrics_flush_interval_s: float = Field(default=5.0, gt=0)

@@ -64,7 +64,9 @@ def engine_for(url: str) -> Engine:
         if engine is None:
             parsed = parse_url(url)
             # SQLite's pools are per thread or per file and take no size.
-            sizes = {} if parsed.get_backend_name() == "sqlite" else {"pool_size": 2, "max_overflow": 4}
+            # Four kept: a worker's threads (MODELDECK_WORKER_CONCURRENCY, 4 by default) each hold one connection per
+            # batch chunk; with fewer, every chunk would open and close a PostgreSQL backend.
+            sizes = {} if parsed.get_backend_name() == "sqlite" else {"pool_size": 4, "max_overflow": 4}
             engine = create_engine(parsed, pool_pre_ping=True, hide_parameters=True, **sizes)
             _engines[url] = engine
         return engine
@@ -238,17 +240,47 @@ def columns_of(name: str, url: str, query: str, params: dict[str, Any], timeout_
         raise describe_error(name, url, exc, timeout_s, "MODELDECK_PREVIEW_TIMEOUT_S") from None
 
 
-def primary_key(name: str, url: str, table: str, schema: str | None, timeout_s: float) -> str:
-    """Return a table's single-column primary key, the column a batch job orders and resumes by."""
+def table_exists_message(table: str, name: str) -> str:
+    """Return the refusal of an output table that already exists (at submit time and in the worker)."""
+    return (f"table '{table}' already exists in data source '{name}'; choose another table, or set "
+            "destination.if_exists to 'append' to add the rows to it (if_exists takes 'fail', the default, or 'append')")
+
+
+def has_table(name: str, url: str, table: str, schema: str | None, timeout_s: float) -> bool:
+    """Tell whether a table exists in a data source."""
+    try:
+        with read_only(url, timeout_s) as conn:
+            return bool(inspect(conn).has_table(table, schema=schema))
+    except SQLAlchemyError as exc:
+        raise describe_error(name, url, exc, timeout_s, "MODELDECK_PREVIEW_TIMEOUT_S") from None
+
+
+def table_order(name: str, url: str, table: str, schema: str | None, timeout_s: float) -> tuple[list[str], bool]:
+    """Return the key a batch job orders and resumes a table by, and whether PostgreSQL's physical order is there too.
+
+    The key is the primary key (any width), else the narrowest unique constraint or unique index whose columns are
+    all NOT NULL (a NULL would fall outside every key range); none when the table has neither. Physical order
+    (``ctid`` ranges) is there for plain tables and materialized views on PostgreSQL, not for views or partitioned tables.
+    """
     try:
         with read_only(url, timeout_s) as conn:
             inspector = inspect(conn)
-            if not inspector.has_table(table, schema=schema):
+            if not inspector.has_table(table, schema=schema) and table not in inspector.get_view_names(schema=schema):
                 raise InvalidInputError(f"field 'source.table': data source '{name}' has no table '{table}'")
-            columns = inspector.get_pk_constraint(table, schema=schema).get("constrained_columns") or []
+            key = list(inspector.get_pk_constraint(table, schema=schema).get("constrained_columns") or [])
+            if not key:
+                nullable = {c["name"] for c in inspector.get_columns(table, schema=schema) if c.get("nullable", True)}
+                uniques = [u["column_names"] for u in inspector.get_unique_constraints(table, schema=schema)]
+                uniques += [i["column_names"] for i in inspector.get_indexes(table, schema=schema)
+                            if i.get("unique") and all(i.get("column_names") or [None])]
+                candidates = [list(u) for u in uniques if u and not nullable & set(u)]
+                key = min(candidates, key=len) if candidates else []
+            physical = False
+            if conn.dialect.name == "postgresql":
+                relkind = conn.execute(text("SELECT c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                                            "WHERE c.relname = :t AND n.nspname = coalesce(:s, current_schema())"),
+                                       {"t": table, "s": schema}).scalar()
+                physical = relkind in ("r", "m")
     except SQLAlchemyError as exc:
         raise describe_error(name, url, exc, timeout_s, "MODELDECK_PREVIEW_TIMEOUT_S") from None
-    if len(columns) != 1:
-        raise InvalidInputError(f"table '{table}' has no single-column primary key; name a unique column in "
-                                "'source.key' so the job can resume after a worker is lost")
-    return str(columns[0])
+    return [str(c) for c in key], physical

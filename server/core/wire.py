@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 PREDICT_TASK = "runtime.predict"  # synchronous: answered to the caller's listener or reply queue
 PREDICT_JOB_TASK = "runtime.predict_job"  # asynchronous: args [job_id]; the request is stored with the job
 BATCH_JOB_TASK = "runtime.batch_job"  # args [job_id]
+BATCH_CHUNK_TASK = "runtime.batch_chunk"  # args [job_id, chunk]: one planned range of a batch job (runtime/batch_plan.py)
 
 # Task message headers naming the caller's direct-reply listener (server/core/direct_reply.py).
 HEADER_REPLY_ADDRESS = "reply_direct"

@@ -11,6 +11,7 @@ import orjson
 from flask import Blueprint, Response, current_app, g, request
 from pydantic import BaseModel
 
+from server.http import scope as model_scope
 from server.services.auth import ANYONE, require_role
 from server.core.errors import InvalidInputError, PayloadTooLargeError, UnauthorizedError, UnsupportedMediaTypeError
 from server.services.validation import parse_model
@@ -36,6 +37,7 @@ class Operation:
     request_schema: dict[str, Any] | None = None
     status: int = 200
     responses: dict[str, str] = field(default_factory=dict)
+    scope: str = model_scope.UNSCOPED
 
 
 class Api:
@@ -57,14 +59,20 @@ class Api:
         request_schema: dict[str, Any] | None = None,
         status: int = 200,
         responses: dict[str, str] | None = None,
+        scope: str = model_scope.UNSCOPED,
     ) -> Callable[[Callable[..., Response]], Callable[..., Response]]:
-        """Register a view: authenticate and authorize, parse body and query, then call it."""
+        """Register a view: authenticate and authorize, check the model scope, parse body and query, then call it.
+
+        scope says where the operation finds its model (server/http/scope.py); left out, scoped credentials
+        are refused, so a new endpoint is closed to them until it says which model it touches.
+        """
+        model_scope.check_declaration(scope, self.url_prefix + rule)
 
         def decorate(fn: Callable[..., Response]) -> Callable[..., Response]:
             op = Operation(
                 rule=self.url_prefix + rule, method=method, role=role, summary=summary,
                 tag=self.blueprint.name, endpoint=fn.__name__, body=body, query=query,
-                request_schema=request_schema, status=status, responses=responses or {},
+                request_schema=request_schema, status=status, responses=responses or {}, scope=scope,
             )
             self.operations.append(op)
 
@@ -80,8 +88,12 @@ class Api:
                         ctx.limiter.fail(address)
                         raise
                     require_role(g.principal, role)
+                raw = read_json() if body is not None else None
+                if role != ANYONE:
+                    # Before the body is validated, so a refusal says the same whatever else the body holds.
+                    model_scope.enforce(scope, g.principal, kwargs, raw)
                 if body is not None:
-                    kwargs["body"] = parse_body(body)
+                    kwargs["body"] = parse_model(body, raw, "field")
                 if query is not None:
                     kwargs["query"] = parse_model(query, request.args.to_dict(), "query parameter")
                 return fn(**kwargs)

@@ -12,6 +12,8 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from server.services import audit
+from server.services import preload
+from server.http import access_log
 from server.http.api import Api, json_response
 from server.services.request_scope import request_id, run_after_response
 from server.services.auth import Authenticator
@@ -20,13 +22,13 @@ from server.services.alerts import Housekeeper
 from server.services.metrics import MetricsRecorder
 from server.services.cache import RepoCache
 from server.services.context import CACHE_TTL_S, Context, PoolLiveness
-from server.core import crypto, datasources_repo
+from server.core import audit_repo, crypto, datasources_repo
 from server.core.db import connect, ensure_indexes, storage_error
 from server.core.errors import ModelDeckError
 from server.core.settings import Settings
 from server.http.openapi import build_openapi
 from server.services.ratelimit import FailureLimiter
-from server.core.direct_reply import resolve_host
+from server.core.direct_reply import listener_config
 from server.transport.router import Router
 from server.http.views import apikeys, audit_log, datasources, docs, health, jobs, models, predict, v2
 from server.http.views import runtimes
@@ -49,16 +51,19 @@ def _version() -> str:
 def create_app(settings: Settings, router: Router | None = None) -> Flask:
     """Create and configure the Flask application."""
     app = Flask(__name__)
+    preload.start(settings.preload_upload_libraries)
     # Uploads may be large; JSON bodies have their own, smaller limit (server.http.api.read_json).
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes + 1024 * 1024
     # Spool multipart files to disk past 1 MiB instead of holding them in memory.
     app.config["MAX_FORM_MEMORY_SIZE"] = 1024 * 1024
+    keys = audit_repo.audit_keys(settings)  # no key: refuse to start, naming MODELDECK_AUDIT_KEY
     db = connect(settings)
     ensure_indexes(db)
+    audit_repo.prepare_chain(db, keys)
     crypto.check_key_present(settings, datasources_repo.count_datasources(db))
     if router is None:
-        reply_host = resolve_host(settings.direct_reply_host) if settings.direct_replies else None
-        router = Router(settings.broker_url, settings.queue_prefix, reply_host)
+        reply_host, reply_limits = listener_config(settings)
+        router = Router(settings.broker_url, settings.queue_prefix, reply_host, reply_limits)
     router.start()
     cache = RepoCache(lambda: router.connected, ttl_s=CACHE_TTL_S)
     router.on_event(cache.on_event)
@@ -68,7 +73,7 @@ def create_app(settings: Settings, router: Router | None = None) -> Flask:
     app.extensions["modeldeck"] = Context(
         settings=settings, db=db, router=router, auth=Authenticator(db, cache, TokenVerifier(settings) if settings.keycloak_enabled else None),
         liveness=PoolLiveness(db, settings.worker_lost_after_s), cache=cache,
-        limiter=FailureLimiter(settings.auth_failure_limit, settings.auth_failure_window_s),
+        limiter=FailureLimiter(db, settings.auth_failure_limit, settings.auth_failure_window_s), audit_keys=keys,
         metrics=MetricsRecorder(db, settings, Housekeeper(settings)) if settings.metrics_enabled else None,
     )
     if app.extensions["modeldeck"].metrics is not None:
@@ -80,6 +85,9 @@ def create_app(settings: Settings, router: Router | None = None) -> Flask:
         app.register_blueprint(api.blueprint)
     app.extensions["modeldeck_openapi"] = build_openapi([op for api in APIS for op in api.operations], _version())
     app.register_blueprint(get_swaggerui_blueprint("/api/docs", "/api/v1/openapi.json", config={"app_name": "ModelDeck API"}))
+    # Serve Swagger UI at /api/docs itself too (its blueprint answers 308 to /api/docs/); its asset URLs are absolute.
+    app.add_url_rule("/api/docs", "swagger_ui_root", app.view_functions["swagger_ui.show"])
+    access_log.install(app, settings.access_log)
     _register_handlers(app)
     return app
 

@@ -20,16 +20,34 @@ from __future__ import annotations
 import select
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from gunicorn.http.unreader import Unreader
 from gunicorn.workers.gthread import ThreadWorker
 from prometheus_client import Counter
 
+from server.core.settings import SettingsError, load_settings
+
 LINGER_S = 0.010
 
-LINGERED = Counter("modeldeck_http_lingered_requests", "Requests served on the thread that served the connection's "
+
+def _lingered_counter() -> Counter:
+    """Create the counter in the worker process: created in the master (at import), prometheus-client's
+    multiprocess mode would open its file there, before the directory is prepared."""
+    return Counter("modeldeck_http_lingered_requests", "Requests served on the thread that served the connection's "
                    "last one, without a trip through gunicorn's main thread")
+
+
+def prepare_multiprocess_dir(directory: Path) -> int:
+    """Create prometheus-client's multiprocess directory, or empty it of an earlier run's files; return how many
+    were removed. Stale files would be summed into /metrics as if their processes were alive."""
+    directory.mkdir(parents=True, exist_ok=True)
+    removed = 0
+    for path in directory.glob("*.db"):  # only its own files: the directory may be a volume's mount point
+        path.unlink(missing_ok=True)
+        removed += 1
+    return removed
 
 
 def internals_missing() -> list[str]:
@@ -47,6 +65,21 @@ def internals_missing() -> list[str]:
 class LingeringThreadWorker(ThreadWorker):
     """gthread, serving a kept-alive connection's next request on the thread that served the last."""
 
+    lingered: Counter | None = None
+
+    @classmethod
+    def check_config(cls, cfg: Any, log: Any) -> None:
+        """In the master, once at start and before any worker: prepare PROMETHEUS_MULTIPROC_DIR when it is set."""
+        super().check_config(cfg, log)
+        try:
+            directory = load_settings().prometheus_multiproc_dir
+        except SettingsError:
+            return  # each worker says what is wrong when it loads the app
+        # A master re-executed for an upgrade (USR2) runs beside the old one's workers: their files stay.
+        if directory and not cfg.env_orig.get("GUNICORN_PID") and "GUNICORN_FD" not in cfg.env_orig:
+            removed = prepare_multiprocess_dir(Path(directory))
+            log.info("prometheus multiprocess directory %s ready (%d stale files removed)", directory, removed)
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._linger_lock = threading.Lock()
@@ -60,6 +93,7 @@ class LingeringThreadWorker(ThreadWorker):
             self._linger_on = False
             self.log.error("the installed gunicorn lacks what LingeringThreadWorker needs (%s): serving as plain "
                            "gthread; install the gunicorn version pyproject.toml pins", ", ".join(missing))
+        LingeringThreadWorker.lingered = _lingered_counter()
         super().init_process()
 
     def _idle_pool(self) -> bool:
@@ -90,6 +124,7 @@ class LingeringThreadWorker(ThreadWorker):
                         break  # idle: back to the main thread's poller, as gthread does
                 except (OSError, ValueError):
                     return False
-            LINGERED.inc()
+            if self.lingered is not None:
+                self.lingered.inc()
             result = super().handle(conn)
         return result

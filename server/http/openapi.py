@@ -21,7 +21,8 @@ V2_ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"erro
 
 
 def build_openapi(operations: list[Operation], version: str) -> dict[str, Any]:
-    """Return an OpenAPI 3.1 document; each operation carries its minimum role as x-min-role."""
+    """Return an OpenAPI 3.1 document; each operation carries its minimum role as x-min-role and where it finds
+    its model as x-model-scope (server/http/scope.py)."""
     paths: dict[str, dict[str, Any]] = {}
     schemas: dict[str, Any] = {"Error": ERROR_SCHEMA, "V2Error": V2_ERROR_SCHEMA}
     for op in operations:
@@ -40,6 +41,7 @@ def build_openapi(operations: list[Operation], version: str) -> dict[str, Any]:
             "summary": op.summary,
             "tags": [op.tag],
             "x-min-role": op.role,
+            "x-model-scope": op.scope,
             "parameters": params,
             "responses": {
                 str(op.status): {"description": "success"},

@@ -17,6 +17,7 @@ DTYPES = {
     "FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
 }
 SCHEMA_DTYPES = {"number": "FP64", "integer": "INT64", "string": "BYTES", "boolean": "BOOL", "category": "BYTES"}
+TEXT_TYPES = {"string", "category"}  # schema types a BYTES tensor may carry
 OUTPUT_NAME = "predict"  # the default output; a model's others are named for their methods (predict_proba, ...)
 
 
@@ -106,10 +107,30 @@ def decode_inputs(request: dict[str, Any], binary: bytes) -> dict[str, tuple[lis
     return tensors
 
 
+def check_datatypes(request: dict[str, Any], schema: list[FieldSpec] | None, model: str) -> None:
+    """Refuse a BYTES tensor where the model takes numbers, naming the input (the caller's mistake: 400, not the
+    model's ValueError as a 500)."""
+    types = {f["name"]: f["type"] for f in schema or []}
+    for tensor in request["inputs"]:
+        if tensor.get("datatype") != "BYTES":
+            continue
+        name = tensor["name"]
+        if name in types and types[name] not in TEXT_TYPES:
+            raise InvalidInputError(
+                f"input '{name}': expected datatype {SCHEMA_DTYPES[types[name]]} (feature '{name}' of model '{model}' "
+                f"is a {types[name]}), got BYTES", {"input": name, "datatype": "BYTES"})
+        if name not in types and not TEXT_TYPES & set(types.values()):
+            expected = ", ".join(sorted({SCHEMA_DTYPES[t] for t in types.values()})) if types else "FP64"
+            raise InvalidInputError(
+                f"input '{name}': expected a numeric datatype ({expected}, as GET /v2/models/{model} says), got BYTES; "
+                "send numbers, or upload the model with an input schema that has string features",
+                {"input": name, "datatype": "BYTES"})
+
+
 def _coerce(value: Any, kind: str | None) -> Any:
     if kind == "integer" and isinstance(value, float) and value.is_integer():
         return int(value)
-    if kind == "string" and isinstance(value, bytes):
+    if kind in TEXT_TYPES and isinstance(value, bytes):
         return value.decode("utf-8")
     return value
 

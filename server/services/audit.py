@@ -33,7 +33,7 @@ def record(action: str, target: str, outcome: str = "success", status: int = 200
         "client": request.remote_addr,
         "details": details or {},
     }
-    audit_repo.append(ctx.db, entry)
+    audit_repo.append(ctx.db, entry, ctx.audit_keys)
 
 
 def record_denied(status: int, reason: str, actor: str | None = None) -> None:

@@ -13,6 +13,7 @@ from server.services.auth import Authenticator
 from server.services.cache import RepoCache
 from server.services.ratelimit import FailureLimiter
 from server.core import workers_repo
+from server.core.audit_repo import AuditKeys
 from server.core.settings import Settings
 from server.services.metrics import MetricsRecorder
 from server.transport.router import Router
@@ -56,6 +57,7 @@ class Context:
     liveness: PoolLiveness
     cache: RepoCache
     limiter: FailureLimiter
+    audit_keys: AuditKeys
     metrics: MetricsRecorder | None = None
 
     def changed(self, kind: str, name: str) -> None:

@@ -105,17 +105,21 @@ def model_series(db: Any, name: str, since: int, until: int, version: int | None
             "total": summarize(merge(docs)), "points": points}
 
 
-def overview(db: Any, window_s: int, pools: list[dict[str, Any]], now: float | None = None) -> dict[str, Any]:
-    """Return the platform summary over a window: totals, percentiles, busiest models, pools, recent alerts."""
+def overview(db: Any, window_s: int, pools: list[dict[str, Any]], now: float | None = None,
+             models: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Return the platform summary over a window: totals, percentiles, busiest models, pools, recent alerts;
+    of these models only, when given (a scoped credential's)."""
     until = int(now if now is not None else time.time()) + 60
     since = until - 60 - window_s
     docs = _buckets(db, since, until, 3600 if window_s > 6 * 3600 else 60, None, None)
+    if models is not None:
+        docs = [d for d in docs if d["model"] in models]
     per_model: dict[str, list[dict[str, Any]]] = {}
     for doc in docs:
         per_model.setdefault(doc["model"], []).append(doc)
     busiest = sorted(({"model": m, **summarize(merge(d))} for m, d in per_model.items() if m != "-"),
                      key=lambda s: -s["requests"])[:10]
-    alerts = metrics_repo.find_alerts(db, since, None, 20)
+    alerts = metrics_repo.find_alerts(db, since, None, 20, models)
     return {"window_s": window_s, **summarize(merge(docs)), "busiest_models": busiest, "pools": pools,
             "recent_alerts": [alert_view(a) for a in alerts]}
 

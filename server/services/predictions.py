@@ -36,9 +36,8 @@ class PredictResult:
     classes: list[Any] | None = None  # for methods that answer one column per class
 
 
-def predict_request(doc: VersionDoc, rows: list[Any], method: str,
-                    parameters: dict[str, Any] | None = None) -> wire.PredictRequest:
-    """Build the request for a worker, refusing a method the version is known not to offer (400)."""
+def check_method(doc: VersionDoc, method: str) -> None:
+    """Refuse a method the version is known not to offer (400 naming those it has)."""
     offered = doc.get("methods")
     if method not in METHODS + TEXT_METHODS or (offered is not None and method not in offered):
         available = offered if offered is not None else list(METHODS)
@@ -46,9 +45,20 @@ def predict_request(doc: VersionDoc, rows: list[Any], method: str,
             f"field 'method': model '{doc['name']}' version {doc['version']} has no method {method!r}; "
             f"available: {', '.join(available)}",
             {"field": "method", "value": method, "expected": available})
-    # Only a model fitted on named features (or one not inspected at upload) needs the column types.
-    columns = doc.get("input_schema") if doc.get("feature_names") is not None or offered is None else None
-    return wire.PredictRequest(model=wire.model_ref(doc), rows=rows, method=method, columns=columns,
+
+
+def frame_columns(doc: VersionDoc) -> list[Any] | None:
+    """The input schema a worker needs to build a DataFrame: for models fitted on named features, or not inspected."""
+    if doc.get("feature_names") is not None or doc.get("methods") is None:
+        return doc.get("input_schema")
+    return None
+
+
+def predict_request(doc: VersionDoc, rows: list[Any], method: str,
+                    parameters: dict[str, Any] | None = None) -> wire.PredictRequest:
+    """Build the request for a worker, refusing a method the version is known not to offer (400)."""
+    check_method(doc, method)
+    return wire.PredictRequest(model=wire.model_ref(doc), rows=rows, method=method, columns=frame_columns(doc),
                                parameters=parameters or None)
 
 
@@ -56,7 +66,7 @@ def checked_request(ctx: Context, doc: VersionDoc, inputs: Any, method: str,
                     parameters: dict[str, Any] | None) -> wire.PredictRequest:
     """Validate inputs and parameters for the version (texts for Hugging Face models, rows otherwise)."""
     if doc.get("format") == "huggingface":
-        predict_request(doc, [], method)  # the method first: its parameters depend on it
+        check_method(doc, method)  # the method first: its parameters depend on it
         texts = validate_texts(inputs, ctx.settings)
         return predict_request(doc, texts, method, validate_parameters(method, parameters, ctx.settings))
     rows = validate_rows(inputs, doc.get("input_schema"), ctx.settings.max_predict_rows)
@@ -151,11 +161,18 @@ def submit_job(ctx: Context, principal: Principal, name: str, inputs: Any, ref: 
     check_pool(ctx, doc)
     job_id = "job_" + uuid.uuid4().hex
     params = {"model": name, "version": doc["version"], "method": method, "request": request.to_dict()}
-    job = jobs_repo.create_job(ctx.db, job_id, "predict", principal.subject, params, ctx.settings.job_result_ttl_s)
+    return queue_job(ctx, doc["pool"], wire.PREDICT_JOB_TASK,
+                     jobs_repo.create_job(ctx.db, job_id, "predict", principal.subject, params,
+                                          ctx.settings.job_result_ttl_s))
+
+
+def queue_job(ctx: Context, pool: str, task: str, job: dict[str, Any]) -> dict[str, Any]:
+    """Send a recorded job's task durably to its pool; the job is removed if sending fails, so none is left queued
+    that no worker will ever see."""
     try:
-        ctx.router.send(doc["pool"], wire.PREDICT_JOB_TASK, [job_id], job_id)
+        ctx.router.send(pool, task, [job["_id"]], job["_id"])
     except UnavailableError:
-        jobs_repo.delete_job(ctx.db, job_id)
+        jobs_repo.delete_job(ctx.db, job["_id"])
         raise
     return job
 
@@ -178,4 +195,5 @@ def job_view(job: dict[str, Any], principal: Principal) -> dict[str, Any]:
 
 def _summary(source: dict[str, Any]) -> dict[str, Any]:
     """Return what a job view shows of a batch source (its query text and parameters stay with the job)."""
-    return {k: source.get(k) for k in ("kind", "datasource", "table", "file", "filename", "key") if source.get(k) is not None}
+    return {k: source.get(k) for k in ("kind", "datasource", "table", "file", "filename", "key", "order")
+            if source.get(k) is not None}

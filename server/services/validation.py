@@ -207,6 +207,12 @@ def parse_reference(data: bytes, schema: list[FieldSpec] | None) -> tuple[list[F
                 raise UnprocessableError(
                     f"reference sample column '{spec['name']}' should hold numbers for the schema: {exc}"
                 ) from exc
+            if not nums:
+                # Nothing to measure drift against (min() of nothing was a 500).
+                raise UnprocessableError(
+                    f"reference sample column '{spec['name']}': expected numbers (the input schema says "
+                    f"{spec['type']}), got {len(values)} blank values; fill it in, or leave the column out",
+                    {"column": spec["name"]})
             stats["features"][spec["name"]] = {
                 "type": spec["type"], "min": min(nums), "max": max(nums), "mean": statistics.fmean(nums),
                 "median": statistics.median(nums), "std": statistics.pstdev(nums), "sample": nums[:REFERENCE_SAMPLE],

@@ -27,7 +27,7 @@ import orjson
 
 from server.core import wire
 from server.core.broker import POOL_QUEUE_ARGS, BrokerAddress, close_quietly, connect, parse_broker_url
-from server.core.direct_reply import ReplyListener
+from server.core.direct_reply import ReplyLimits, ReplyListener
 from server.core.errors import GatewayTimeoutError, UnavailableError
 
 logger = logging.getLogger(__name__)
@@ -58,7 +58,8 @@ class _Caller:
     use instead, and the I/O thread's reconnects mark every older one stale.
     """
 
-    def __init__(self, address: BrokerAddress, generation: int, reply_host: str | None) -> None:
+    def __init__(self, address: BrokerAddress, generation: int, reply_host: str | None,
+                 reply_limits: ReplyLimits = ReplyLimits()) -> None:
         self.generation = generation
         self.used = time.monotonic()
         self.listener: ReplyListener | None = None
@@ -71,7 +72,7 @@ class _Caller:
             self.declared: set[str] = set()
             if reply_host is not None:
                 try:
-                    self.listener = ReplyListener(reply_host)
+                    self.listener = ReplyListener(reply_host, reply_limits)
                 except OSError as exc:  # out of file descriptors, say: this thread's answers take the broker
                     logger.warning("no reply listener on %s (%s); answers come through the broker", reply_host, exc)
                 else:
@@ -116,9 +117,11 @@ class _Caller:
 class Router:
     """Send tasks by name to pool queues and collect synchronous replies."""
 
-    def __init__(self, broker_url: str, queue_prefix: str, reply_host: str | None = None) -> None:
+    def __init__(self, broker_url: str, queue_prefix: str, reply_host: str | None = None,
+                 reply_limits: ReplyLimits = ReplyLimits()) -> None:
         self._address = parse_broker_url(broker_url)
         self._reply_host = reply_host  # where workers answer request threads straight (None: through the broker)
+        self._reply_limits = reply_limits
         self._prefix = queue_prefix
         self._local = threading.local()  # each request thread's _Caller
         self._callers: set[_Caller] = set()  # all of them, closed by stop()
@@ -226,7 +229,7 @@ class Router:
         if caller is not None:
             self._drop_caller(caller)
         try:
-            caller = _Caller(self._address, self._generation, self._reply_host)
+            caller = _Caller(self._address, self._generation, self._reply_host, self._reply_limits)
         except Exception as exc:  # the broker went away between the state check and here
             raise UnavailableError(BROKER_DOWN) from exc
         with self._callers_lock:
@@ -280,6 +283,8 @@ class Router:
         finally:
             reply = replies.pop(task_id, None)
             replies.clear()  # late replies to earlier calls of this thread: their callers have given up
+            if caller.listener is not None:
+                caller.listener.close_pending()  # nothing unauthenticated outlives the call
         assert reply is not None
         return reply
 

@@ -22,7 +22,9 @@ ACTIONS = ["model.upload", "model.alias", "model.archive", "apikey.create", "den
 
 
 def append_bulk(n: int) -> float:
-    db = connect(load_settings())
+    settings = load_settings()
+    keys = audit_repo.audit_keys(settings)
+    db = connect(settings)
     last = db.audit.find_one({}, {"hash": 1, "seq": 1}, sort=[("seq", -1)])
     seq, prev = (last["seq"], last["hash"]) if last else (0, audit_repo.GENESIS)
     started = time.perf_counter()
@@ -32,8 +34,9 @@ def append_bulk(n: int) -> float:
         doc = {"time": f"2026-11-{1 + i * 25 // n:02d}T12:00:00.{i % 1000000:06d}+00:00", "actor": f"apikey:user{i % 50}",
                "method": "apikey", "role": "operator", "action": ACTIONS[i % len(ACTIONS)], "target": f"model{i % 200}:1",
                "outcome": "denied" if i % 5 == 4 else "success", "status": 403 if i % 5 == 4 else 200,
-               "request_id": f"bench{i}", "client": "127.0.0.1", "details": {}, "_id": seq, "seq": seq, "prev_hash": prev}
-        doc["hash"] = prev = audit_repo.entry_hash(doc)
+               "request_id": f"bench{i}", "client": "127.0.0.1", "details": {}, "_id": seq, "seq": seq, "prev_hash": prev,
+               "alg": audit_repo.ALG, "key_id": keys.current_id}
+        doc["hash"] = prev = audit_repo.entry_mac(doc, keys.current)
         batch.append(doc)
         if len(batch) == 2000:
             db.audit.insert_many(batch)
@@ -41,6 +44,7 @@ def append_bulk(n: int) -> float:
     if batch:
         db.audit.insert_many(batch)
     db.audit_head.update_one({"_id": "head"}, {"$set": {"seq": seq, "hash": prev}}, upsert=True)
+    audit_repo.advance_head_file(doc, keys)
     return time.perf_counter() - started
 
 

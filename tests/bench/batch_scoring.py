@@ -1,25 +1,32 @@
-"""Measure batch scoring: a PostgreSQL table of one million rows scored into another table, rows per second and peak worker memory.
+"""Measure batch scoring against the machine's limit: ModelDeck with 1 and 2 workers beside a hand-written script.
 
-Usage: .venv/bin/python tests/bench/batch_scoring.py [--rows 1000000] [--chunk-rows 10000]
-Starts its own nx-27017, one CPU worker and the API on loopback (RabbitMQ at 127.0.0.1:5672), creates a database of
-its own on the local PostgreSQL (postgresql://postgres@127.0.0.1:5432) and drops it at the end. The model is a
-scikit-learn LogisticRegression on the four iris features (skops). Peak memory is the worker process's RSS, sampled
-every 50 ms with psutil while the job runs.
+Usage: .venv/bin/python tests/bench/batch_scoring.py [--rows 1000000] [--chunk-rows 10000] [--rounds 1]
+Starts its own nx-27017, CPU workers and the API on loopback (RabbitMQ at 127.0.0.1:5672), creates a database of its
+own on the local PostgreSQL (postgresql://postgres@127.0.0.1:5432) and drops it at the end. The model is a
+scikit-learn LogisticRegression on the four iris features (skops). In each round, on the same table:
+- the hand-written script (tests/bench/handwritten_batch.py: COPY out, pyarrow parse, predict, pyarrow write, COPY in);
+- ModelDeck, PostgreSQL table -> PostgreSQL table, with one worker, then with two;
+- ModelDeck, a Parquet file of the same rows -> PostgreSQL table, with two workers.
+Peak memory is each worker's RSS sampled every 50 ms with psutil; CPU is the workers' own CPU seconds during the job.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import psutil
 import psycopg
+import pyarrow.parquet as pq
 import pymongo
 import skops.io as sio
 from cryptography.fernet import Fernet
@@ -44,19 +51,138 @@ def make_table(url: str, rows: int) -> None:
         conn.execute("VACUUM ANALYZE source_rows")
 
 
+def make_parquet(url: str, path: Path) -> None:
+    """Write the table's rows to a Parquet file (row groups of 100,000 rows, a common writer setting)."""
+    import pyarrow.csv as pacsv
+    import io
+
+    with psycopg.connect(url) as conn:
+        buf = io.BytesIO()
+        with conn.cursor().copy(f"COPY (SELECT id, {', '.join(IRIS_FEATURES)} FROM source_rows ORDER BY id) "
+                                "TO STDOUT (FORMAT csv, HEADER)") as copy:
+            for block in copy:
+                buf.write(block)
+    pq.write_table(pacsv.read_csv(io.BytesIO(buf.getvalue())), path, row_group_size=100_000)
+
+
+class Sampler:
+    """Peak RSS and CPU seconds of worker processes while a job runs; CPU of the PostgreSQL backends serving the
+    bench's database and of the whole machine, to tell a saturated machine from a slow program."""
+
+    def __init__(self, pids: list[int], pg_url: str) -> None:
+        self.pg = psycopg.connect(pg_url, autocommit=True)
+        self.backends: dict[int, tuple[psutil.Process, float]] = {}
+        self.machine0 = psutil.cpu_times()
+        self.procs = [psutil.Process(p) for p in pids]
+        self.base = [p.memory_info().rss for p in self.procs]
+        self.peak = list(self.base)
+        self.cpu0 = [sum(p.cpu_times()[:2]) for p in self.procs]
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _backends(self) -> None:
+        rows = self.pg.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                               "AND pid <> pg_backend_pid()").fetchall()
+        for (pid,) in rows:
+            if pid not in self.backends:
+                try:
+                    proc = psutil.Process(pid)
+                    self.backends[pid] = (proc, sum(proc.cpu_times()[:2]))
+                except psutil.Error:
+                    pass
+
+    def _run(self) -> None:
+        n = 0
+        while not self.stop.is_set():
+            for i, p in enumerate(self.procs):
+                try:
+                    self.peak[i] = max(self.peak[i], p.memory_info().rss)
+                except psutil.Error:
+                    pass  # the hand-written script has exited
+            if n % 5 == 0:
+                self._backends()
+            n += 1
+            time.sleep(0.05)
+
+    def done(self) -> dict[str, Any]:
+        self.stop.set()
+        self.thread.join()
+        cpu = []
+        for p, c in zip(self.procs, self.cpu0):
+            try:
+                cpu.append(sum(p.cpu_times()[:2]) - c)
+            except psutil.Error:
+                cpu.append(float("nan"))
+        pg_cpu = 0.0
+        for proc, before in self.backends.values():
+            try:
+                pg_cpu += sum(proc.cpu_times()[:2]) - before
+            except psutil.Error:
+                pass
+        self.pg.close()
+        now = psutil.cpu_times()
+        busy = sum(now) - now.idle - now.iowait - (sum(self.machine0) - self.machine0.idle - self.machine0.iowait)
+        total = sum(now) - sum(self.machine0)
+        return {"pg_cpu_s": round(pg_cpu, 2), "machine_busy": busy / total if total else 0.0,
+                "rss_before_mib": [round(b / 2**20) for b in self.base], "rss_peak_mib": [round(b / 2**20) for b in self.peak],
+                "worker_cpu_s": [round(c, 2) for c in cpu]}
+
+
+def run_job(client: Client, body: dict[str, Any], pids: list[int], pg_url: str) -> dict[str, Any]:
+    sampler = Sampler(pids, pg_url)
+    started = time.perf_counter()
+    resp = client.post("/api/v1/jobs", json=body)
+    assert resp.status_code == 202, resp.text
+    job_id = resp.json()["job_id"]
+    while (job := client.get(f"/api/v1/jobs/{job_id}").json())["status"] not in ("succeeded", "failed", "cancelled"):
+        time.sleep(0.05)
+    elapsed = time.perf_counter() - started
+    stats = sampler.done()
+    assert job["status"] == "succeeded", job
+    return {"seconds": elapsed, **stats, "job": job}
+
+
+def handwritten(pg_url: str, out: str, model_path: Path) -> dict[str, Any]:
+    proc = subprocess.Popen([sys.executable, str(HERE / "handwritten_batch.py"), pg_url, "source_rows", out, str(model_path)],
+                            stdout=subprocess.PIPE, text=True)
+    sampler = Sampler([proc.pid], pg_url)
+    stdout = proc.stdout.read() if proc.stdout else ""
+    _, status, usage = os.wait4(proc.pid, 0)  # the child's own CPU time, read as it is reaped
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    stats = sampler.done()
+    assert proc.returncode == 0, stdout
+    timings = json.loads(stdout.strip().splitlines()[-1])
+    # Its CPU while measured (process_time around the work, not its imports); the whole process's for reference.
+    return {**timings, **stats, "worker_cpu_s": [round(timings["cpu_s"], 2)],
+            "process_cpu_s": round(usage.ru_utime + usage.ru_stime, 2)}
+
+
+def check_output(pg_url: str, table: str, rows: int) -> None:
+    with psycopg.connect(pg_url) as conn:
+        count = conn.execute(f"SELECT count(*), count(DISTINCT id), count(DISTINCT row_number) FROM {table}").fetchone()
+    assert count == (rows, rows, rows), count
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--chunk-rows", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
+    print(f"load average at start: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}; "
+          f"{os.cpu_count()} CPUs")
     tmp = Path(tempfile.mkdtemp(prefix="modeldeck-bench-"))
+    (tmp / "data").mkdir()
     tag, port = uuid.uuid4().hex[:8], free_port()
     key = Fernet.generate_key().decode()
     settings = Settings(home=tmp / "home", embedded_mongo_port=port, mongo_url="", mongo_db=f"bench_{tag}",
-                        queue_prefix=f"bench-{tag}.", heartbeat_interval_s=0.5, worker_lost_after_s=8, secret_key=key)
+                        queue_prefix=f"bench-{tag}.", heartbeat_interval_s=0.5, worker_lost_after_s=8, secret_key=key,
+                        data_roots=(tmp / "data",))
     env = {**os.environ, "MODELDECK_HOME": str(tmp / "home"), "MODELDECK_EMBEDDED_MONGO_PORT": str(port),
            "MODELDECK_MONGO_URL": "", "MODELDECK_MONGO_DB": f"bench_{tag}", "MODELDECK_QUEUE_PREFIX": f"bench-{tag}.",
            "MODELDECK_HEARTBEAT_INTERVAL_S": "0.5", "MODELDECK_WORKER_LOST_AFTER_S": "8", "MODELDECK_SECRET_KEY": key,
+           "MODELDECK_DATA_ROOTS": json.dumps([str(tmp / "data")]),
            "PYTHONUNBUFFERED": "1", "PYTHONPATH": f"{HERE.parent.parent}{os.pathsep}{HERE.parent}"}
     ensure_broker(settings)
     ensure_postgres(POSTGRES_URL)
@@ -64,55 +190,86 @@ def main() -> None:
     with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {pg_name}")
     pg_url = POSTGRES_URL.rsplit("/", 1)[0] + "/" + pg_name
-    procs = [Proc(nx_command(tmp / "repository.db", port, tmp), env, tmp / "nx.log")]
+    procs: list[Proc] = [Proc(nx_command(tmp / "repository.db", port, tmp), env, tmp / "nx.log")]
     try:
         wait_for(lambda: repository_answers(settings.effective_mongo_url, 200), 30, "nx-27017")
         db = pymongo.MongoClient(settings.effective_mongo_url)[settings.mongo_db]
         stack = Stack(settings=settings, env=env, tmp=tmp, db=db)
         t = time.perf_counter()
         make_table(pg_url, args.rows)
-        print(f"created source_rows with {args.rows} rows in {time.perf_counter() - t:.1f} s")
-        worker = start_worker(stack, "cpu")
-        procs.append(worker)
+        make_parquet(pg_url, tmp / "data" / "rows.parquet")
+        print(f"created source_rows and rows.parquet with {args.rows:,} rows in {time.perf_counter() - t:.1f} s")
+        X, y = load_iris(return_X_y=True)
+        model_bytes = sio.dumps(LogisticRegression(max_iter=500).fit(X, y))
+        (tmp / "model.skops").write_bytes(model_bytes)
         api, url = start_api(stack)
         procs.append(api)
         _, admin_key = keys_repo.create_key(db, "bench", "admin", None, None, "bench")
         client = Client(url, admin_key)
-        X, y = load_iris(return_X_y=True)
-        assert client.upload("bench-iris", sio.dumps(LogisticRegression(max_iter=500).fit(X, y)),
-                             input_schema=IRIS_SCHEMA).status_code == 201
+        assert client.upload("bench-iris", model_bytes, input_schema=IRIS_SCHEMA).status_code == 201
         assert client.post("/api/v1/datasources", json={"name": "warehouse", "kind": "sql", "url": pg_url}).status_code == 201
-        rss = psutil.Process(worker.popen.pid)
-        baseline = rss.memory_info().rss
-        peak = [baseline]
-        stop = threading.Event()
+        assert client.post("/api/v1/datasources", json={"name": "lake", "kind": "file", "path": str(tmp / "data")}).status_code == 201
+        results: list[tuple[str, float, dict[str, Any]]] = []
+        warmed = 0
 
-        def sample() -> None:
-            while not stop.is_set():
-                peak[0] = max(peak[0], rss.memory_info().rss)
-                time.sleep(0.05)
+        def warm(workers: list[Proc]) -> None:
+            """Let new workers import their libraries and load the model (chunks of 50 rows reach every worker)."""
+            nonlocal warmed
+            time.sleep(3)
+            for _ in range(2):
+                warmed += 1
+                run_job(client, {"model": "bench-iris", "chunk_rows": 50, "source": {
+                    "datasource": "warehouse", "query": "SELECT * FROM source_rows WHERE id <= 2000", "key": "id"},
+                    "destination": {"datasource": "warehouse", "table": f"warm_{warmed}"}}, [w.popen.pid for w in workers], pg_url)
 
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        started = time.perf_counter()
-        resp = client.post("/api/v1/jobs", json={"model": "bench-iris", "chunk_rows": args.chunk_rows,
-                                                 "source": {"datasource": "warehouse", "table": "source_rows"},
-                                                 "destination": {"datasource": "warehouse", "table": "scores"}})
-        assert resp.status_code == 202, resp.text
-        job_id = resp.json()["job_id"]
-        while (job := client.get(f"/api/v1/jobs/{job_id}").json())["status"] not in ("succeeded", "failed", "cancelled"):
-            time.sleep(0.2)
-        elapsed = time.perf_counter() - started
-        stop.set()
-        sampler.join()
-        assert job["status"] == "succeeded", job
-        with psycopg.connect(pg_url) as conn:
-            count = conn.execute("SELECT count(*), count(DISTINCT id) FROM scores").fetchone()
-        assert count == (args.rows, args.rows), count
-        print(f"scored {args.rows} rows PostgreSQL -> model -> PostgreSQL in {elapsed:.1f} s "
-              f"(chunks of {args.chunk_rows}): {args.rows / elapsed:,.0f} rows/s end to end")
-        print(f"worker RSS: {baseline / 2**20:.0f} MiB before the job, peak {peak[0] / 2**20:.0f} MiB during it "
-              f"(+{(peak[0] - baseline) / 2**20:.0f} MiB)")
+        def score(name: str, workers: list[Proc], source: dict[str, Any], table: str) -> None:
+            info = run_job(client, {"model": "bench-iris", "chunk_rows": args.chunk_rows, "source": source,
+                                    "destination": {"datasource": "warehouse", "table": table}}, [w.popen.pid for w in workers], pg_url)
+            check_output(pg_url, table, args.rows)
+            results.append((name, info["seconds"], info))
+
+        table = {"datasource": "warehouse", "table": "source_rows"}
+        for r in range(args.rounds):
+            hw = handwritten(pg_url, f"hand_{r}", tmp / "model.skops")
+            assert hw["rows"] == args.rows, hw
+            phases = {k: round(hw[k], 2) for k in ("copy_out", "parse", "predict", "write_copy_in")}
+            results.append(("hand-written script (1 process)", hw["seconds"], {**hw, "detail": f"; phases (s) {phases}"}))
+            for threads in (str(settings.worker_concurrency), "1"):
+                label = f"{threads} thread{'s' if threads != '1' else ''} each"
+                workers = [start_worker(stack, "cpu", MODELDECK_WORKER_CONCURRENCY=threads)]
+                procs.extend(workers)
+                warm(workers)
+                score(f"ModelDeck PG -> PG, 1 worker ({label})", workers, table, f"s1_{threads}_{r}")
+                workers.append(start_worker(stack, "cpu", MODELDECK_WORKER_CONCURRENCY=threads))
+                procs.append(workers[-1])
+                warm(workers)
+                score(f"ModelDeck PG -> PG, 2 workers ({label})", workers, table, f"s2_{threads}_{r}")
+                if threads != "1":
+                    score(f"ModelDeck Parquet -> PG, 2 workers ({label})", workers,
+                          {"datasource": "lake", "file": "rows.parquet", "keep": ["id"]}, f"pq_{r}")
+                for w in workers:
+                    w.stop()
+                    procs.remove(w)
+        print(f"\n{args.rows:,} rows, chunks of {args.chunk_rows:,}; load average after: "
+              + " ".join(f"{v:.2f}" for v in os.getloadavg()))
+        print(f"{'run':<52} {'seconds':>8} {'rows/s':>10} {'x script':>9} {'x 1 worker':>11}  worker RSS before -> peak (MiB); CPU")
+        script = one_worker = None
+        for name, seconds, info in results:
+            rate = args.rows / seconds
+            if name.startswith("hand-written"):
+                script = rate
+            if "1 worker" in name:
+                one_worker = rate
+            mem = "" if "rss_peak_mib" not in info else (
+                ", ".join(f"{b} -> {p} (+{p - b})" for b, p in zip(info["rss_before_mib"], info["rss_peak_mib"]))
+                + f"; worker CPU {info['worker_cpu_s']} s, PostgreSQL backends {info['pg_cpu_s']} s, "
+                f"machine busy {info['machine_busy']:.0%}")
+            extra = info.get("detail", "")
+            if name.startswith("hand"):
+                mem = (f"its RSS peak {info['rss_peak_mib'][0]} MiB; its CPU {info['worker_cpu_s']} s, PostgreSQL backends "
+                       f"{info['pg_cpu_s']} s, machine busy {info['machine_busy']:.0%}")
+            print(f"{name:<52} {seconds:>8.2f} {rate:>10,.0f} {rate / script:>9.2f} "
+                  f"{(rate / one_worker) if one_worker and not name.startswith('hand') else float('nan'):>11.2f}  {mem}{extra}")
     finally:
         for proc in reversed(procs):
             proc.stop()

@@ -397,7 +397,8 @@ def ensure_venv(venvs: Path, name: str, packages: list[str], module: str) -> tup
     """Return (python, note, install seconds or None when reused); python is None with the reason when it fails."""
     venv = venvs / name
     python = venv / "bin" / "python"
-    check = [str(python), "-c", f"import {module}, sklearn; print({module}.__version__, sklearn.__version__)"]
+    # pandas: the BentoML service's pipeline endpoint builds a DataFrame (MLflow has it anyway).
+    check = [str(python), "-c", f"import {module}, sklearn, pandas; print({module}.__version__, sklearn.__version__)"]
 
     def probe() -> str | None:
         if not python.exists():
@@ -459,7 +460,7 @@ def start_bentoml(args: argparse.Namespace, work: Path, model: LogisticRegressio
                   pipeline: Any) -> Server:
     """Install (or reuse) BentoML and serve the model with `bentoml serve`."""
     result = Result("BentoML")
-    python, note, secs = ensure_venv(args.venvs, "bentoml", ["bentoml>=1.4", "joblib"], "bentoml")
+    python, note, secs = ensure_venv(args.venvs, "bentoml", ["bentoml>=1.4", "joblib", "pandas"], "bentoml")
     result.extra.update(venv=note, install_s=secs)
     print(f"  BentoML venv: {note}", flush=True)
     if python is None:
@@ -573,7 +574,7 @@ def checked(target: Target, name: str) -> Target | None:
     """Return the pipeline target if it answers a 1-row predict_proba, else None (reported, not measured)."""
     rows = PIPELINE_CHECK_ROWS
     try:
-        resp = target.send(requests.Session(), rows)
+        resp = target.send(target.session(), rows)
     except requests.RequestException as exc:
         print(f"  {name}: the pipeline endpoint failed ({exc}); not measured", flush=True)
         return None

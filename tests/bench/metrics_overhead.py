@@ -1,10 +1,10 @@
-"""Measure what metric recording costs on predict p50: the same stack, recording on and off, interleaved.
+"""Measure what metric recording (or another feature) costs on predict p50: the same stack, on and off, interleaved.
 
 Usage: ./modeldeck up, then
-    .venv/bin/python tests/bench/metrics_overhead.py [--rounds 5] [-n 1000]
+    .venv/bin/python tests/bench/metrics_overhead.py [--rounds 5] [-n 1000] [--off MODELDECK_ACCESS_LOG=off]
 
 The running stack's API records metrics (the default). This script starts a second API beside it from the
-same settings and code, with MODELDECK_METRICS_ENABLED=false, on a free loopback port; both send work to
+same settings and code, with MODELDECK_METRICS_ENABLED=false (or the setting given with --off), on a free loopback port; both send work to
 the same CPU worker. Requests alternate between the two APIs one by one (A, B, A, B, ...) so that load,
 CPU frequency and worker state drift alike for both, and p50 is compared per round and over all rounds.
 The second API is stopped at the end. Loopback only; bounded by --rounds × 2n requests.
@@ -42,8 +42,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_api_without_metrics(settings, layout: Layout, port: int, prom_dir: str) -> subprocess.Popen[bytes]:  # type: ignore[no-untyped-def]
-    env = child_env(settings, layout, MODELDECK_METRICS_ENABLED="false", PROMETHEUS_MULTIPROC_DIR=prom_dir)
+def start_api_without_metrics(settings, layout: Layout, port: int, prom_dir: str,  # type: ignore[no-untyped-def]
+                              off: str = "MODELDECK_METRICS_ENABLED=false") -> subprocess.Popen[bytes]:
+    name, _, value = off.partition("=")
+    env = child_env(settings, layout, PROMETHEUS_MULTIPROC_DIR=prom_dir, **{name: value})
     return subprocess.Popen([
         sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", str(settings.api_workers),
         "--threads", str(settings.api_threads), "--worker-class", "server.http.gunicorn_worker.LingeringThreadWorker", "server.http.wsgi:app",
@@ -72,6 +74,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("-n", type=int, default=1000, help="requests per API per round")
     parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument("--off", default="MODELDECK_METRICS_ENABLED=false", help="VAR=VALUE that turns the feature off in B")
     args = parser.parse_args()
     settings = settings_or_exit()
     layout = Layout(settings.home.resolve())
@@ -82,7 +85,7 @@ def main() -> None:
     port = free_port()
     url_b = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as prom_dir:
-        proc = start_api_without_metrics(settings, layout, port, prom_dir)
+        proc = start_api_without_metrics(settings, layout, port, prom_dir, args.off)
         try:
             wait_ready(url_b)
             run(args, url_a, url_b, key)
@@ -106,7 +109,7 @@ def run(args: argparse.Namespace, url_a: str, url_b: str, key: str) -> None:
         for url in targets.values():
             session.post(url, json=body).raise_for_status()
     load = os.getloadavg()
-    print(f"metric recording on (A, {url_a}) vs off (B, {url_b}); {args.rounds} rounds × {args.n} requests each, "
+    print(f"on (A, {url_a}) vs {args.off} (B, {url_b}); {args.rounds} rounds × {args.n} requests each, "
           f"interleaved; load average {load[0]:.2f} {load[1]:.2f}")
     print(f"{'round':>5} {'p50 on':>8} {'p50 off':>8} {'diff':>7} {'p90 on':>8} {'p90 off':>8}")
     every: dict[str, list[float]] = {"on": [], "off": []}

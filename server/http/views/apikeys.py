@@ -32,7 +32,7 @@ def key_view(doc: Any) -> dict[str, Any]:
                                     "created_at", "created_by", "last_used_at")} | {"id": doc["_id"]}
 
 
-@api.route("/me", "GET", "service", "Show the caller's identity and role")
+@api.route("/me", "GET", "service", "Show the caller's identity and role", scope="none")
 def me() -> Response:
     p = g.principal
     return json_response({"subject": p.subject, "role": p.role, "roles": list(p.roles), "method": p.method,

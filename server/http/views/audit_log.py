@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 
 from server.http.api import MAX_INT, Api, json_response
 from server.core import audit_repo
+from server.core.errors import InvalidInputError
 
 api = Api("audit", "/api/v1/audit")
 
@@ -78,6 +79,19 @@ def export(query: AuditQuery) -> Response:
     return resp
 
 
-@api.route("/verify", "GET", "admin", "Verify the audit trail's hash chain")
-def verify() -> Response:
-    return json_response(audit_repo.verify(current_app.extensions["modeldeck"].db))
+class VerifyQuery(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    head_seq: int | None = Field(default=None, ge=1, le=MAX_INT, description="the 'head.seq' of an earlier answer you kept")
+    head_mac: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$", description="the 'head.mac' of that answer")
+
+
+@api.route("/verify", "GET", "admin", "Verify the audit trail's HMAC chain (and against a head you kept); keep the answer's head",
+           query=VerifyQuery)
+def verify(query: VerifyQuery) -> Response:
+    if (query.head_seq is None) != (query.head_mac is None):
+        raise InvalidInputError("query parameters 'head_seq' and 'head_mac': give both (from the 'head' of an earlier "
+                                f"answer) or neither, got head_seq={query.head_seq!r}, head_mac={query.head_mac!r}")
+    ctx = current_app.extensions["modeldeck"]
+    kept = (query.head_seq, query.head_mac) if query.head_seq is not None and query.head_mac is not None else None
+    return json_response(audit_repo.verify(ctx.db, ctx.audit_keys, kept))

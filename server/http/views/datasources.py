@@ -67,14 +67,14 @@ def create_datasource(body: DataSourceBody) -> Response:
     return json_response(datasources.view(doc), 201)
 
 
-@api.route("", "GET", "analyst", "List the data sources the caller may read")
+@api.route("", "GET", "analyst", "List the data sources the caller may read", scope="none")
 def list_datasources() -> Response:
     ctx = current_app.extensions["modeldeck"]
     docs = [d for d in datasources_repo.list_datasources(ctx.db) if datasources.may_access(d, g.principal)]
     return json_response({"datasources": [datasources.view(d) for d in docs]})
 
 
-@api.route("/<name>", "GET", "analyst", "Show a data source (without its secret)")
+@api.route("/<name>", "GET", "analyst", "Show a data source (without its secret)", scope="none")
 def get_datasource(name: str) -> Response:
     ctx = current_app.extensions["modeldeck"]
     doc = datasources_repo.get_datasource(ctx.db, name)
@@ -98,7 +98,8 @@ def delete_datasource(name: str) -> Response:
     return json_response(datasources.view(doc))
 
 
-@api.route("/<name>/preview", "POST", "analyst", "Run a bounded read-only query and return rows and column types", body=PreviewBody)
+@api.route("/<name>/preview", "POST", "analyst", "Run a bounded read-only query and return rows and column types", body=PreviewBody,
+           scope="none")
 def preview_datasource(name: str, body: PreviewBody) -> Response:
     ctx = current_app.extensions["modeldeck"]
     return json_response(datasources.preview(ctx, g.principal, name, body.query, body.table, body.file,

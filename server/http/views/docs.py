@@ -10,6 +10,6 @@ from server.services.auth import ANYONE
 api = Api("docs")
 
 
-@api.route("/api/v1/openapi.json", "GET", ANYONE, "The OpenAPI 3 document of this API")
+@api.route("/api/v1/openapi.json", "GET", ANYONE, "The OpenAPI 3 document of this API", scope="none")
 def openapi() -> Response:
     return json_response(current_app.extensions["modeldeck_openapi"])

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 
 from server.services import audit, batch, predictions
 from server.http.api import MAX_OFFSET, Api, json_response
+from server.http.scope import scope_models
 from server.services.validation import parse_model
 from server.core import jobs_repo
 from server.core.artifacts import iter_artifact, put_artifact
@@ -62,11 +63,8 @@ def _accepted(job: dict[str, Any]) -> Response:
 
 def _start_batch(body: JobBody, upload: dict[str, Any] | None = None) -> Response:
     ctx = current_app.extensions["modeldeck"]
-    if body.method != "predict":
-        raise InvalidInputError(f"field 'method': batch jobs write the model's predict output, got {body.method!r}",
-                                {"field": "method", "value": body.method, "expected": ["predict"]})
     job = batch.submit_batch(ctx, g.principal, body.model, body.version, body.source or batch.SourceSpec(),
-                             body.destination, body.chunk_rows, upload)
+                             body.destination, body.chunk_rows, upload, body.method)
     params = job["params"]
     audit.record("job.create", job["_id"], status=202, details={
         "kind": "batch", "model": body.model, "version": params["version"],
@@ -76,7 +74,7 @@ def _start_batch(body: JobBody, upload: dict[str, Any] | None = None) -> Respons
 
 
 @api.route("", "POST", "operator", "Queue a prediction job (inputs) or a batch-scoring job (source and destination)",
-           body=JobBody, status=202)
+           body=JobBody, status=202, scope="body:model")
 def create_job(body: JobBody) -> Response:
     if body.source is not None or body.destination is not None:
         if body.inputs is not None:
@@ -95,7 +93,8 @@ def create_job(body: JobBody) -> Response:
 @api.route("/upload", "POST", "operator", "Queue a batch-scoring job over an uploaded CSV (multipart: job, file)",
            status=202, request_schema={"multipart/form-data": {"schema": {"type": "object", "required": ["job", "file"], "properties": {
                "job": {"type": "string", "description": "the job as JSON, as for POST /api/v1/jobs without 'source.datasource'"},
-               "file": {"type": "string", "format": "binary", "description": "CSV with a header row"}}}}})
+               "file": {"type": "string", "format": "binary", "description": "CSV with a header row"}}}}},
+           scope="form:job.model")
 def upload_job() -> Response:
     ctx = current_app.extensions["modeldeck"]
     raw, upload = request.form.get("job"), request.files.get("file")
@@ -127,23 +126,25 @@ def upload_job() -> Response:
         raise
 
 
-@api.route("", "GET", "service", "List jobs with status, progress, owner and times", query=JobQuery)
+@api.route("", "GET", "service", "List jobs with status, progress, owner and times", query=JobQuery,
+           scope="list")
 def list_jobs(query: JobQuery) -> Response:
     ctx = current_app.extensions["modeldeck"]
     operator = role_rank(g.principal.role) >= role_rank("operator")
     owner = query.owner if operator else g.principal.subject
-    docs, total = jobs_repo.list_jobs(ctx.db, owner, query.status, query.kind, query.limit, query.offset)
+    docs, total = jobs_repo.list_jobs(ctx.db, owner, query.status, query.kind, query.limit, query.offset, scope_models())
     return json_response({"jobs": [predictions.job_view(d, g.principal) for d in docs], "total": total,
                           "limit": query.limit, "offset": query.offset})
 
 
-@api.route("/<job_id>", "GET", "service", "Show a job's status, progress, result or error")
+@api.route("/<job_id>", "GET", "service", "Show a job's status, progress, result or error", scope="job:job_id")
 def get_job(job_id: str) -> Response:
     ctx = current_app.extensions["modeldeck"]
     return json_response(predictions.job_view(jobs_repo.get_job(ctx.db, job_id), g.principal))
 
 
-@api.route("/<job_id>/cancel", "POST", "operator", "Cancel a queued job, or stop a running batch job after its current chunk")
+@api.route("/<job_id>/cancel", "POST", "operator", "Cancel a queued job, or stop a running batch job after its current chunk",
+           scope="job:job_id")
 def cancel_job(job_id: str) -> Response:
     ctx = current_app.extensions["modeldeck"]
     predictions.job_view(jobs_repo.get_job(ctx.db, job_id), g.principal)  # 404 for someone else's job
@@ -152,7 +153,7 @@ def cancel_job(job_id: str) -> Response:
     return json_response(predictions.job_view(jobs_repo.get_job(ctx.db, job_id), g.principal))
 
 
-@api.route("/<job_id>/result", "GET", "service", "Download a batch job's CSV or Parquet result")
+@api.route("/<job_id>/result", "GET", "service", "Download a batch job's CSV or Parquet result", scope="job:job_id")
 def job_result(job_id: str) -> Response:
     ctx = current_app.extensions["modeldeck"]
     view = predictions.job_view(jobs_repo.get_job(ctx.db, job_id), g.principal)

@@ -10,9 +10,10 @@ from pydantic import BaseModel, Field
 
 from server.services import audit
 from server.http.api import MAX_INT, MAX_OFFSET, Api, json_response
+from server.http.scope import scope_models
 from server.core import models_repo
 from server.core.artifacts import iter_artifact
-from server.core.errors import InvalidInputError, NotFoundError
+from server.core.errors import InvalidInputError
 from server.core.models_repo import ALIAS_RE
 from server.services.uploads import MonitoringPolicy, UploadMetadata, upload_model
 
@@ -55,12 +56,6 @@ def _ctx() -> Any:
     return current_app.extensions["modeldeck"]
 
 
-def _scope(name: str) -> None:
-    if not g.principal.may_use_model(name):
-        # A scoped key must not learn which other models exist.
-        raise NotFoundError(f"model '{name}' does not exist", {"name": name})
-
-
 upload_schema = {
     "multipart/form-data": {"schema": {
         "type": "object", "required": ["file", "metadata"],
@@ -73,7 +68,8 @@ upload_schema = {
 }
 
 
-@api.route("", "POST", "operator", "Upload a new model version", request_schema=upload_schema, status=201)
+@api.route("", "POST", "operator", "Upload a new model version", request_schema=upload_schema, status=201,
+           scope="form:metadata.name")
 def upload() -> Response:
     ctx = _ctx()
     doc = upload_model(ctx.db, ctx.settings, g.principal, request.form.get("metadata"),
@@ -85,17 +81,16 @@ def upload() -> Response:
     return json_response(version_view(doc), 201)
 
 
-@api.route("", "GET", "analyst", "List models, filtered by name prefix", query=ListQuery)
+@api.route("", "GET", "analyst", "List models, filtered by name prefix", query=ListQuery, scope="list")
 def list_models(query: ListQuery) -> Response:
-    models, total = models_repo.list_models(_ctx().db, query.prefix, query.limit, query.offset)
+    models, total = models_repo.list_models(_ctx().db, query.prefix, query.limit, query.offset, scope_models())
     items = [{"name": m["_id"], "aliases": m.get("aliases", {}), "latest_version": m["latest_version"],
               "created_at": m["created_at"]} for m in models]
     return json_response({"models": items, "total": total, "limit": query.limit, "offset": query.offset})
 
 
-@api.route("/<name>", "GET", "service", "Show a model with its versions and aliases")
+@api.route("/<name>", "GET", "service", "Show a model with its versions and aliases", scope="path:name")
 def get_model(name: str) -> Response:
-    _scope(name)
     model = models_repo.get_model(_ctx().db, name)
     versions = [version_view(v) for v in model["versions"]]
     live = [v for v in versions if v["status"] == "active"]
@@ -106,13 +101,13 @@ def get_model(name: str) -> Response:
     })
 
 
-@api.route("/<name>/versions/<int:version>", "GET", "service", "Show one version")
+@api.route("/<name>/versions/<int:version>", "GET", "service", "Show one version", scope="path:name")
 def get_version(name: str, version: int) -> Response:
-    _scope(name)
     return json_response(version_view(models_repo.get_version(_ctx().db, name, version)))
 
 
-@api.route("/<name>/versions/<int:version>/artifact", "GET", "operator", "Download a version's artifact, byte for byte")
+@api.route("/<name>/versions/<int:version>/artifact", "GET", "operator", "Download a version's artifact, byte for byte",
+           scope="path:name")
 def download_artifact(name: str, version: int) -> Response:
     doc = models_repo.get_version(_ctx().db, name, version)
     chunks = iter_artifact(_ctx().db, doc["sha256"])
@@ -129,7 +124,8 @@ def _chain(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
     yield from rest
 
 
-@api.route("/<name>/aliases/<alias>", "PUT", "operator", "Point an alias at a version (promote or roll back)", body=AliasBody)
+@api.route("/<name>/aliases/<alias>", "PUT", "operator", "Point an alias at a version (promote or roll back)", body=AliasBody,
+           scope="path:name")
 def set_alias(name: str, alias: str, body: AliasBody) -> Response:
     if not ALIAS_RE.match(alias) or alias == "latest":
         raise InvalidInputError(
@@ -142,16 +138,15 @@ def set_alias(name: str, alias: str, body: AliasBody) -> Response:
 
 
 @api.route("/<name>/versions/<int:version>/monitoring", "PUT", "operator",
-           "Replace a version's prediction logging and alert thresholds", body=MonitoringPolicy)
+           "Replace a version's prediction logging and alert thresholds", body=MonitoringPolicy, scope="path:name")
 def set_monitoring(name: str, version: int, body: MonitoringPolicy) -> Response:
-    _scope(name)
     old, doc = models_repo.set_monitoring(_ctx().db, name, version, body.model_dump())
     _ctx().changed("model", name)
     audit.record("model.monitoring", f"{name}:{version}", details={"old": old, "new": doc["monitoring"]})
     return json_response(version_view(doc))
 
 
-@api.route("/<name>/versions/<int:version>", "DELETE", "admin", "Archive a version no alias points at")
+@api.route("/<name>/versions/<int:version>", "DELETE", "admin", "Archive a version no alias points at", scope="path:name")
 def archive_version(name: str, version: int) -> Response:
     doc = models_repo.archive_version(_ctx().db, name, version)
     _ctx().changed("model", name)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 
 from server.services import drift, monitoring
 from server.http.api import MAX_INT, Api, json_response
+from server.http.scope import in_scope, scope_models
 from server.core import metrics_repo, models_repo, workers_repo
 from server.core.errors import InvalidInputError
 from server.services.runtimes import queue_probe
@@ -75,7 +76,8 @@ def _ctx() -> Any:
     return current_app.extensions["modeldeck"]
 
 
-@api.route("/models/<name>", "GET", "analyst", "Time series of a model's requests, errors and latency", query=SeriesQuery)
+@api.route("/models/<name>", "GET", "analyst", "Time series of a model's requests, errors and latency", query=SeriesQuery,
+           scope="path:name")
 def model_series(name: str, query: SeriesQuery) -> Response:
     if query.step not in (None, 60, 3600):
         raise InvalidInputError(f"query parameter 'step': expected 60 or 3600, got {query.step}")
@@ -86,7 +88,8 @@ def model_series(name: str, query: SeriesQuery) -> Response:
     return json_response(monitoring.model_series(_ctx().db, name, since, until, query.version, query.step))
 
 
-@api.route("/pools", "GET", "analyst", "Each pool's live and busy workers and queue depth over time", query=RangeQuery)
+@api.route("/pools", "GET", "analyst", "Each pool's live and busy workers and queue depth over time", query=RangeQuery,
+           scope="none")
 def pool_series(query: RangeQuery) -> Response:
     now = time.time()
     until = monitoring.parse_time(query.until, now + 60, "until")
@@ -97,13 +100,14 @@ def pool_series(query: RangeQuery) -> Response:
 
 
 @api.route("/overview", "GET", "analyst", "Platform summary: requests, error rate, percentiles, busiest models, pools",
-           query=WindowQuery)
+           query=WindowQuery, scope="list")
 def overview(query: WindowQuery) -> Response:
-    return json_response(monitoring.overview(_ctx().db, parse_duration(query.window, "window"), _pools()))
+    return json_response(monitoring.overview(_ctx().db, parse_duration(query.window, "window"), _pools(),
+                                             models=scope_models()))
 
 
 @api.route("/models/<name>/drift", "GET", "analyst", "Per-feature drift (PSI, KS) of logged inputs against the reference",
-           query=DriftQuery)
+           query=DriftQuery, scope="path:name")
 def model_drift(name: str, query: DriftQuery) -> Response:
     ctx = _ctx()
     ref = int(query.version) if isinstance(query.version, str) and query.version.isdigit() else query.version
@@ -111,10 +115,11 @@ def model_drift(name: str, query: DriftQuery) -> Response:
     return json_response(drift.drift_report(ctx.db, ctx.settings, doc, parse_duration(query.window, "window")))
 
 
-@api.route("/alerts", "GET", "analyst", "Alerts raised for error rate, p99 latency and drift", query=AlertQuery)
+@api.route("/alerts", "GET", "analyst", "Alerts raised for error rate, p99 latency and drift", query=AlertQuery,
+           scope="list")
 def alerts(query: AlertQuery) -> Response:
     since = time.time() - parse_duration(query.window, "window")
-    found = metrics_repo.find_alerts(_ctx().db, since, query.model, query.limit)
+    found = metrics_repo.find_alerts(_ctx().db, since, query.model, query.limit, scope_models())
     return json_response({"alerts": [monitoring.alert_view(a) for a in found]})
 
 
@@ -153,7 +158,19 @@ class _PoolCollector:
         yield depth
 
 
-@metrics_api.route("/metrics", "GET", "analyst", "Prometheus metrics (text format)")
+class _InScope:
+    """Another registry's metrics without the samples of models outside this request's scope."""
+
+    def __init__(self, source: CollectorRegistry) -> None:
+        self.source = source
+
+    def collect(self) -> Any:
+        for family in self.source.collect():
+            family.samples = [s for s in family.samples if "model" not in s.labels or in_scope(s.labels["model"])]
+            yield family
+
+
+@metrics_api.route("/metrics", "GET", "analyst", "Prometheus metrics (text format)", scope="list")
 def metrics() -> Response:
     if _ctx().settings.prometheus_multiproc_dir:
         # Under gunicorn every worker process writes its own files; this sums them.
@@ -163,5 +180,10 @@ def metrics() -> Response:
         registry = REGISTRY
     gauges = CollectorRegistry()
     gauges.register(_PoolCollector(_pools()))  # type: ignore[arg-type]
+    if scope_models() is not None:
+        # A scoped credential sees only its models' series (and those with no model label).
+        scoped = CollectorRegistry()
+        scoped.register(_InScope(registry))  # type: ignore[arg-type]
+        registry = scoped
     return Response(generate_latest(registry) + generate_latest(gauges), mimetype=CONTENT_TYPE_LATEST.split(";")[0],
                     headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -8,6 +8,7 @@ from flask import Response, current_app, g, request
 from pydantic import BaseModel, Field
 
 from server.services import audit, predictions
+from server.http import access_log
 from server.http.api import Api, json_response
 from server.services.request_scope import request_id
 from server.core.errors import InvalidInputError
@@ -32,7 +33,7 @@ class PredictBody(BaseModel):
 
 
 @api.route("/<name>/predict", "POST", "service", "Predict rows with a model version", body=PredictBody,
-           responses={"202": "queued as a job (?async=true)"})
+           responses={"202": "queued as a job (?async=true)"}, scope="path:name")
 def predict(name: str, body: PredictBody) -> Response:
     ctx = current_app.extensions["modeldeck"]
     flag = request.args.get("async", "false").lower()
@@ -48,6 +49,7 @@ def predict(name: str, body: PredictBody) -> Response:
     result = predictions.predict(ctx, g.principal, name, body.inputs, body.version, request_id(), body.method,
                                  body.parameters)
     audit.maybe_record_prediction(name, result.version, len(result.predictions))
+    access_log.note_version(result.version)
     answer = {
         "predictions": result.predictions, "model": result.model, "version": result.version,
         "request_id": result.request_id, "timings": result.timings, "cold_start": result.cold_start,

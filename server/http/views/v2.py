@@ -10,13 +10,14 @@ from flask import Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from server.services import audit, predictions
+from server.http import access_log
 from server.http.api import Api, json_response
 from server.services.request_scope import request_id
 from server.core import models_repo
 from server.core.errors import InvalidInputError, ModelDeckError, PayloadTooLargeError
 from server.http.views.health import readiness
-from server.http.v2_tensors import (OUTPUT_NAME, SCHEMA_DTYPES, decode_inputs, encode_output, split_body,
-                                    tensors_to_rows, tensors_to_texts)
+from server.http.v2_tensors import (OUTPUT_NAME, SCHEMA_DTYPES, check_datatypes, decode_inputs, encode_output,
+                                    split_body, tensors_to_rows, tensors_to_texts)
 
 logger = logging.getLogger(__name__)
 api = Api("v2", "/v2")
@@ -41,18 +42,18 @@ def _ctx() -> Any:
     return current_app.extensions["modeldeck"]
 
 
-@api.route("/health/live", "GET", "service", "OIP: server liveness")
+@api.route("/health/live", "GET", "service", "OIP: server liveness", scope="none")
 def live() -> Response:
     return json_response({"live": True})
 
 
-@api.route("/health/ready", "GET", "service", "OIP: server readiness")
+@api.route("/health/ready", "GET", "service", "OIP: server readiness", scope="none")
 def ready() -> Response:
     ok, _ = readiness()
     return json_response({"ready": ok}, 200 if ok else 400)
 
 
-@api.route("", "GET", "service", "OIP: server metadata")
+@api.route("", "GET", "service", "OIP: server metadata", scope="none")
 def server_metadata() -> Response:
     return json_response({"name": "modeldeck", "version": current_app.extensions["modeldeck_openapi"]["info"]["version"],
                           "extensions": ["binary_tensor_data"]})
@@ -94,12 +95,12 @@ def _string_labels(doc: Any) -> bool:
     return any(isinstance(c, str) for c in doc.get("classes") or [])
 
 
-@api.route("/models/<name>", "GET", "service", "OIP: model metadata")
+@api.route("/models/<name>", "GET", "service", "OIP: model metadata", scope="path:name")
 def model_metadata(name: str) -> Response:
     return _metadata(name, None)
 
 
-@api.route("/models/<name>/versions/<version>", "GET", "service", "OIP: model version metadata")
+@api.route("/models/<name>/versions/<version>", "GET", "service", "OIP: model version metadata", scope="path:name")
 def version_metadata(name: str, version: str) -> Response:
     return _metadata(name, version)
 
@@ -110,12 +111,12 @@ def _ready(name: str, version: str | None) -> Response:
     return json_response({"name": name, "ready": live}, 200 if live else 400)
 
 
-@api.route("/models/<name>/ready", "GET", "service", "OIP: model readiness")
+@api.route("/models/<name>/ready", "GET", "service", "OIP: model readiness", scope="path:name")
 def model_ready(name: str) -> Response:
     return _ready(name, None)
 
 
-@api.route("/models/<name>/versions/<version>/ready", "GET", "service", "OIP: model version readiness")
+@api.route("/models/<name>/versions/<version>/ready", "GET", "service", "OIP: model version readiness", scope="path:name")
 def version_ready(name: str, version: str) -> Response:
     return _ready(name, version)
 
@@ -153,6 +154,8 @@ def _infer(name: str, version: str | None) -> Response:
     doc = predictions.resolve(ctx, g.principal, name, _ref(version))
     text = doc.get("format") == "huggingface"
     decoded = decode_inputs(body, binary)
+    if not text:  # a text model's one input is BYTES by definition
+        check_datatypes(body, doc.get("input_schema"), name)
     rows: list[Any] = tensors_to_texts(decoded) if text else tensors_to_rows(decoded, doc.get("input_schema"))
     params = body.get("parameters") if isinstance(body.get("parameters"), dict) else {}
     method_params = {k: v for k, v in params.items() if k not in PROTOCOL_PARAMETERS} if text else None
@@ -160,6 +163,7 @@ def _infer(name: str, version: str | None) -> Response:
     for output, as_binary in _requested_outputs(body, doc):
         result = predictions.predict(ctx, g.principal, name, rows, doc["version"], request_id(), output, method_params)
         audit.maybe_record_prediction(name, result.version, len(result.predictions))
+        access_log.note_version(result.version)
         tensor, chunk = encode_output(result.predictions, as_binary, output, TEXT_OUTPUTS.get(output) if text else None)
         if result.classes is not None:
             # Parameter values are scalars in the protocol: the labels go as a JSON array in a string.
@@ -176,13 +180,13 @@ def _infer(name: str, version: str | None) -> Response:
     return resp
 
 
-@api.route("/models/<name>/infer", "POST", "service", "OIP: inference", request_schema=INFER_SCHEMA)
+@api.route("/models/<name>/infer", "POST", "service", "OIP: inference", request_schema=INFER_SCHEMA, scope="path:name")
 def infer(name: str) -> Response:
     return _infer(name, None)
 
 
 @api.route("/models/<name>/versions/<version>/infer", "POST", "service", "OIP: inference on a version",
-           request_schema=INFER_SCHEMA)
+           request_schema=INFER_SCHEMA, scope="path:name")
 def infer_version(name: str, version: str) -> Response:
     return _infer(name, version)
 
