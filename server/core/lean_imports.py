@@ -37,9 +37,10 @@ class _Refuse(importlib.abc.MetaPathFinder):
 
 def import_skops_io() -> ModuleType:
     """Return skops.io, imported without importing torch (unless torch was already loaded)."""
-    module = sys.modules.get("skops.io")
-    if module is not None:
-        return module
+    if "skops.io" in sys.modules:
+        # Through the import system, not sys.modules: another thread may still be initialising it (the API's
+        # preload), and import_module waits for that to finish.
+        return importlib.import_module("skops.io")
     with _lock:
         if "torch" in sys.modules:  # already paid for by this process (a genai worker): nothing to save
             return importlib.import_module("skops.io")
