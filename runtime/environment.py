@@ -12,7 +12,7 @@ logger = logging.getLogger(__name__)
 # Packages models commonly pin; a model's requirements are checked against these (and any it names).
 REPORTED_PACKAGES = (
     "scikit-learn", "numpy", "scipy", "pandas", "onnxruntime", "onnx", "skops", "joblib",
-    "torch", "xgboost", "lightgbm",
+    "torch", "xgboost", "lightgbm", "transformers", "sentence-transformers", "tokenizers", "safetensors",
 )
 
 

@@ -82,6 +82,9 @@ class Heartbeat:
                 "gpus": detect_gpus(),
                 "environment": self._environment,
                 "models": s.cache.snapshot(),
+                # Each cached model's memory (RAM measured after its load, GPU memory of its tensors) and, for
+                # text models, its batching counters.
+                "cached_models": s.cache.details(),
                 "cache_hits": s.cache.hits,
                 "cache_misses": s.cache.misses,
                 "started_at": self._started,

@@ -6,12 +6,17 @@ import io
 import math
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
+import psutil
 
 from server.core.model_info import ModelInfo, describe_estimator, describe_onnx, onnx_probability_output
 from server.core.models_repo import FieldSpec
+from server.core.settings import Settings
+
+if TYPE_CHECKING:
+    from runtime.genai import TextModel
 
 
 # preload_libraries runs on a background thread while the worker already takes tasks; a load that imports the
@@ -31,6 +36,10 @@ class MethodUnavailableError(ModelRunError):
     """The caller asked for a method the model does not offer."""
 
 
+class InputRejectedError(ModelRunError):
+    """An input the model cannot take (a text over its token bound); the message names the row."""
+
+
 OUT_OF_MEMORY = ("ran out of memory while predicting (the worker's limit is MODELDECK_WORKER_MEMORY_LIMIT_MB); "
                  "the worker freed it and keeps serving other models")
 
@@ -45,6 +54,15 @@ class LoadedModel:
     size: int
     run: Runner  # (rows, method, columns) -> JSON-safe outputs
     info: ModelInfo
+    memory: int = 0  # bytes of RAM it took, measured after load (the cache's measure; at least its artifact's size)
+    device_memory: int = 0  # bytes of GPU memory its tensors hold
+    device: str = "cpu"
+    text: TextModel | None = None  # Hugging Face text models: encode / generate (runtime/genai.py)
+
+    @property
+    def cost(self) -> int:
+        """Return the bytes of RAM the cache counts for this model."""
+        return max(self.memory, self.size)
 
 
 def _check_method(info: ModelInfo, method: str) -> None:
@@ -164,7 +182,11 @@ def preload_libraries() -> None:
     """Import the model libraries once at worker start, so a model's first load is only deserialisation."""
     import importlib
 
-    for module in ("skops.io", "sklearn.linear_model", "sklearn.ensemble", "sklearn.tree", "sklearn.pipeline",
+    from server.core.lean_imports import import_skops_io
+
+    with IMPORT_LOCK:
+        import_skops_io()  # first: scikit-learn's package walk must not pull torch in (server/core/lean_imports.py)
+    for module in ("sklearn.linear_model", "sklearn.ensemble", "sklearn.tree", "sklearn.pipeline",
                    "sklearn.preprocessing", "sklearn.svm", "sklearn.neighbors", "onnxruntime", "joblib"):
         with IMPORT_LOCK:
             try:
@@ -173,18 +195,64 @@ def preload_libraries() -> None:
                 pass
 
 
-def load_model(sha256: str, fmt: str, data: bytes, trusted_types: list[str], device: str = "cpu") -> LoadedModel:
-    """Load artifact bytes of a given format into a callable model (TorchScript onto `device`)."""
+def load_model(sha256: str, fmt: str, data: bytes, trusted_types: list[str], device: str = "cpu",
+               settings: Settings | None = None) -> LoadedModel:
+    """Load artifact bytes of a given format into a callable model (TorchScript and Hugging Face onto `device`).
+
+    The RAM it took is measured as the process's resident memory before and after: loads take turns under
+    IMPORT_LOCK, so only predictions running meanwhile on other threads blur the figure.
+    """
+    process = psutil.Process()
     with IMPORT_LOCK:
-        return _load_model(sha256, fmt, data, trusted_types, device)
+        if fmt == "huggingface":
+            _import_text_libraries()  # their first import (hundreds of MB) is the process's, not this model's
+        before = process.memory_info().rss
+        model = _load_model(sha256, fmt, data, trusted_types, device, settings)
+        model.memory = max(process.memory_info().rss - before, 0)
+    if model.text is not None:
+        weights, on_device = model.text.memory()
+        model.device_memory = on_device
+        if on_device == 0:
+            model.memory = max(model.memory, weights)
+    return model
 
 
-def _load_model(sha256: str, fmt: str, data: bytes, trusted_types: list[str], device: str) -> LoadedModel:
+def _import_text_libraries() -> None:
     try:
-        if fmt == "skops":
-            import skops.io
+        import runtime.genai  # noqa: F401
+        import sentence_transformers  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError:
+        pass  # _text_runner says what is missing
 
-            run, info = _sklearn_runner(skops.io.loads(data, trusted=trusted_types))
+
+def _text_runner(data: bytes, device: str, settings: Settings | None) -> tuple[Runner, ModelInfo, TextModel]:
+    try:
+        from runtime.genai import load_text_model
+    except ImportError as exc:
+        raise ModelLoadError(f"huggingface models need the genai extra (torch, transformers, sentence-transformers), "
+                             f"which this worker's environment lacks ({exc.name}); serve them from a pool installed "
+                             "with pip install '.[genai]' (docs/runtime.md)") from exc
+    text = load_text_model(data, device, settings or Settings())
+    methods = ["encode"] if text.task == "embedding" else ["generate"]
+    info = ModelInfo(methods=methods, classes=None, feature_names=None)
+
+    def run(rows: list[list[Any]], method: str, columns: list[FieldSpec] | None) -> list[Any]:
+        raise ModelRunError("text models are called through runtime/inference.py's text path")
+
+    return run, info, text
+
+
+def _load_model(sha256: str, fmt: str, data: bytes, trusted_types: list[str], device: str,
+                settings: Settings | None) -> LoadedModel:
+    text = None
+    try:
+        if fmt == "huggingface":
+            run, info, text = _text_runner(data, device, settings)
+        elif fmt == "skops":
+            from server.core.lean_imports import import_skops_io
+
+            run, info = _sklearn_runner(import_skops_io().loads(data, trusted=trusted_types))
         elif fmt == "onnx":
             run, info = _onnx_runner(data)
         elif fmt == "joblib":
@@ -203,4 +271,4 @@ def _load_model(sha256: str, fmt: str, data: bytes, trusted_types: list[str], de
         raise
     except Exception as exc:  # any library error while loading is the artifact's fault
         raise ModelLoadError(f"{type(exc).__name__}: {str(exc)[:300]}") from exc
-    return LoadedModel(sha256=sha256, fmt=fmt, size=len(data), run=run, info=info)
+    return LoadedModel(sha256=sha256, fmt=fmt, size=len(data), run=run, info=info, device=device, text=text)

@@ -33,10 +33,22 @@ def init_state(settings: Settings) -> WorkerState:
     if _state is None:
         # Before the model cache fills: a model that allocates without bound must hit this process's limit.
         apply_memory_limit(settings.worker_memory_limit_mb)
-        cache = ModelCache(settings.model_cache_size, settings.model_cache_mb * 2**20)
+        cache = ModelCache(settings.model_cache_size, settings.model_cache_mb * 2**20, _device_bytes(settings))
         # Jobs' audit entries are signed here too; without a key the worker refuses to start (SettingsError).
         _state = WorkerState(settings=settings, db=connect(settings), cache=cache, audit_keys=audit_keys(settings))
     return _state
+
+
+def _device_bytes(settings: Settings) -> int | None:
+    """Return the GPU memory cached models may hold: the setting, else 90% of the first GPU's; None off CUDA."""
+    if not settings.device_for(settings.worker_pool).startswith("cuda"):
+        return None
+    if settings.model_cache_gpu_mb:
+        return settings.model_cache_gpu_mb * 2**20
+    from runtime.environment import detect_gpus
+
+    gpus = detect_gpus()
+    return int(gpus[0]["memory_total_mb"] * 0.9 * 2**20) if gpus else None
 
 
 def get_state() -> WorkerState:

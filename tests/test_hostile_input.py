@@ -106,7 +106,8 @@ def test_zip_bomb_is_refused_before_anything_inflates_it(stack: Stack, tight_api
             f.write(block)
     bomb = buf.getvalue()
     assert len(bomb) < 1024 * 1024
-    assert tight_api.upload(unique("warm"), iris_skops).status_code == 201  # the API imports skops once
+    warm = tight_api.upload(unique("warm"), iris_skops)
+    assert warm.status_code == 201, warm.text  # the API imports skops once
     api = psutil.Process(_api_pid(tight_api))
     rss = api.memory_info().rss
     before = repository_counts(stack.db)

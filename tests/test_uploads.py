@@ -32,7 +32,7 @@ BAD_UPLOADS = [
     ("metadata not an object", lambda m, n: {"file": ("m.skops", m), "metadata": (None, "[1]")}, 400,
      "form field 'metadata' must be a JSON object, got list"),
     ("unsupported format", lambda m, n: {"file": ("m.zip", m), "metadata": meta(n, format="zip")}, 400,
-     "metadata field 'format': Input should be 'skops', 'onnx', 'joblib', 'pickle' or 'torchscript', got 'zip'"),
+     "metadata field 'format': Input should be 'skops', 'onnx', 'joblib', 'pickle', 'torchscript' or 'huggingface', got 'zip'"),
     ("bad characters in name", lambda m, n: {"file": ("m.skops", m), "metadata": meta("iris model!")}, 400,
      "metadata field 'name': String should match pattern '^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$', got 'iris model!'"),
     ("name over 100 characters", lambda m, n: {"file": ("m.skops", m), "metadata": meta("x" * 101)}, 400,

@@ -96,9 +96,13 @@ class ModelDeck:
         ``sample``: a few input rows; the input schema (names, types, nulls, categories) is inferred from their
         dtypes and the first row starts the console's form. ``reference``: rows typical of production, kept for
         drift statistics and the form's defaults. ``requirements="auto"`` pins this environment's versions of the
-        libraries the estimator's classes come from.
+        libraries the estimator's classes come from. A directory (a Hugging Face model saved with
+        ``save_pretrained``) is zipped and uploaded as format ``huggingface``.
         """
-        if isinstance(model, (str, os.PathLike)):
+        if isinstance(model, (str, os.PathLike)) and os.path.isdir(model):
+            data, fmt, filename = zip_directory(os.fspath(model)), "huggingface", f"{name}.zip"
+            pins = [] if requirements in ("auto", None) else list(requirements)  # type: ignore[arg-type]
+        elif isinstance(model, (str, os.PathLike)):
             path = os.fspath(model)
             with open(path, "rb") as f:
                 data = f.read()
@@ -155,6 +159,25 @@ class ModelDeck:
         return self.promote(name, to, alias)
 
     # -- predictions -----------------------------------------------------------------------------------
+    def encode(self, name: str, texts: list[str], *, normalize: bool = False,
+               version: int | str | None = None) -> np.ndarray:
+        """Embed texts with a Hugging Face embedding model: one float32 row per text."""
+        answer = self._text(name, texts, "encode", {"normalize": normalize}, version)
+        return np.asarray(answer["predictions"], dtype=np.float32)
+
+    def generate(self, name: str, prompts: str | list[str], *, version: int | str | None = None,
+                 **parameters: Any) -> list[str]:
+        """Continue prompts with a text-generation model (max_new_tokens, temperature, top_p, top_k, seed)."""
+        texts = [prompts] if isinstance(prompts, str) else list(prompts)
+        return list(self._text(name, texts, "generate", parameters, version)["predictions"])
+
+    def _text(self, name: str, texts: list[str], method: str, parameters: dict[str, Any],
+              version: int | str | None) -> dict[str, Any]:
+        body: dict[str, Any] = {"inputs": texts, "method": method, "parameters": parameters}
+        if version is not None:
+            body["version"] = version
+        return dict(self.request("POST", f"/api/v1/models/{name}/predict", json=body, retry=True))
+
     def predict(self, name: str, data: pd.DataFrame | list[Any] | np.ndarray, *, method: str = "predict",
                 version: int | str | None = None) -> Any:
         """Predict rows; a DataFrame in gives pandas out, aligned to its index.
@@ -204,9 +227,22 @@ class ModelDeck:
         return Job(self, {"id": job_id}).refresh()
 
 
+def zip_directory(directory: str) -> bytes:
+    """Zip a model directory's files (stored, not compressed: weights hardly compress), paths relative to it."""
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as archive:
+        for root, _, files in sorted(os.walk(directory)):
+            for file in sorted(files):
+                path = os.path.join(root, file)
+                archive.write(path, os.path.relpath(path, directory))
+    return buf.getvalue()
+
+
 def _format_of(path: str) -> str:
     for suffix, fmt in ((".skops", "skops"), (".onnx", "onnx"), (".pt", "torchscript"), (".joblib", "joblib"),
-                        (".pkl", "pickle")):
+                        (".pkl", "pickle"), (".zip", "huggingface"), (".tar.gz", "huggingface")):
         if path.endswith(suffix):
             return fmt
     raise ModelDeckError(f"cannot tell the format of {os.path.basename(path)!r}: pass format='skops' or 'onnx'")

@@ -101,6 +101,46 @@ def start_value(field: dict[str, Any], seen: dict[str, Any]) -> Any:
     return example.get(field["name"])
 
 
+def try_text_model(doc: dict[str, Any]) -> None:
+    """A Hugging Face model: texts in; a vector's length and first values, or the generated text, out."""
+    embedding = doc.get("task") == "embedding"
+    st.caption(f"{doc.get('task')} model · {doc.get('parameters', 0):,} parameters · "
+               f"served on {(doc.get('serving') or {}).get('device', '?')}")
+    with st.form("text-form"):
+        text = st.text_area("Texts, one per line" if embedding else "Prompt", key="text-input")
+        if embedding:
+            parameters: dict[str, Any] = {"normalize": st.checkbox("Normalize to unit length", value=True)}
+        else:
+            cols = st.columns(3)
+            parameters = {"max_new_tokens": int(cols[0].number_input("Max new tokens", 1, 4096, 32)),
+                          "temperature": float(cols[1].number_input("Temperature (0: greedy)", 0.0, 5.0, 0.0)),
+                          "seed": int(cols[2].number_input("Seed", 0, 2**31 - 1, 0))}
+        submitted = st.form_submit_button("Encode" if embedding else "Generate", type="primary")
+    if not submitted:
+        return
+    inputs = [line for line in text.splitlines() if line.strip()] if embedding else [text]
+    body: dict[str, Any] = {"inputs": inputs, "method": "encode" if embedding else "generate", "parameters": parameters}
+    if ref is not None:
+        body["version"] = ref
+    try:
+        answer = api.post(f"/api/v1/models/{name}/predict", json=body)
+    except ApiError as exc:
+        show_error(exc)
+        return
+    st.success(f"Answered by {name} version {answer['version']}")
+    if embedding:
+        vectors = answer["predictions"]
+        st.metric("Vector length", len(vectors[0]) if vectors else 0)
+        st.dataframe(pd.DataFrame({"text": inputs, "first values": [", ".join(f"{v:.4f}" for v in vec[:8])
+                                                                     for vec in vectors]}), width="stretch")
+    else:
+        st.text_area("Generated text", answer["predictions"][0], key="text-output", disabled=True)
+
+
+if (version_doc or {}).get("format") == "huggingface":
+    try_text_model(version_doc or {})
+    st.stop()
+
 form_tab, csv_tab = st.tabs(["Form", "CSV file"])
 with form_tab:
     if not schema:

@@ -8,7 +8,7 @@ from typing import BinaryIO
 
 from server.core.errors import UnprocessableError
 
-SAFE_FORMATS = ("skops", "onnx", "torchscript")
+SAFE_FORMATS = ("skops", "onnx", "torchscript", "huggingface")  # huggingface: server/core/hf_archive.py
 PICKLE_FORMATS = ("joblib", "pickle")
 FORMATS = SAFE_FORMATS + PICKLE_FORMATS
 
@@ -73,15 +73,16 @@ def _check_members(stream: BinaryIO, max_unpacked: int) -> None:
 
 def _check_skops(stream: BinaryIO, trusted_prefixes: tuple[str, ...], max_unpacked: int) -> list[str]:
     """Open a skops file without loading it and return the types it needs trusted."""
-    import skops.io
+    from server.core.lean_imports import import_skops_io
 
+    skops_io = import_skops_io()
     if not zipfile.is_zipfile(stream):
         raise UnprocessableError("file is not a skops archive (expected a zip written by skops.io.dump)")
     stream.seek(0)
     _check_members(stream, max_unpacked)
     stream.seek(0)
     try:
-        untrusted = skops.io.get_untrusted_types(data=stream.read())
+        untrusted = skops_io.get_untrusted_types(data=stream.read())
     except Exception as exc:  # skops raises many kinds on a malformed archive
         raise UnprocessableError(f"file is not a valid skops archive: {exc}") from exc
     refused = [t for t in untrusted if not t.startswith(trusted_prefixes)]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 METHODS = ("predict", "predict_proba", "predict_log_proba", "decision_function", "transform")
+TEXT_METHODS = ("encode", "generate")  # Hugging Face text models (server/core/hf_archive.py): strings in
 PROBA_METHODS = ("predict_proba", "predict_log_proba")  # one column per class, in `classes` order
 
 

@@ -48,6 +48,10 @@ class VersionDoc(TypedDict, total=False):
     classes: list[Any] | None  # a classifier's labels, in the order of its probability columns
     feature_names: list[str] | None  # the named features it was fitted on; None: it takes an array
     example: dict[str, Any] | None  # one input row, the console form's starting point when there is no reference
+    task: str  # huggingface: "embedding" | "text-generation"
+    parameters: int  # huggingface: elements of its weight tensors
+    weights_bytes: int  # huggingface: bytes of its weights as stored (what loading them needs at least)
+    serving: dict[str, Any]  # huggingface: device and dtype its pool loads it with
 
 
 def create_version(db: Database, doc: VersionDoc) -> VersionDoc:

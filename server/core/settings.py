@@ -60,6 +60,16 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = Field(default=2.0, gt=0)
     worker_lost_after_s: float = Field(default=10.0, gt=0)
     gpu_pools: tuple[str, ...] = ("gpu",)
+    worker_device: Literal["auto", "cpu", "cuda"] = "auto"
+    model_cache_gpu_mb: int = Field(default=0, ge=0)
+    genai_batch_size: int = Field(default=32, ge=1, le=1024)
+    genai_batch_wait_ms: float = Field(default=0.0, ge=0, le=1000)
+    genai_fp16: bool = True
+    genai_torch_threads: int = Field(default=1, ge=0)
+    genai_max_inputs: int = Field(default=64, ge=1)
+    genai_max_input_chars: int = Field(default=20000, ge=1)
+    genai_max_input_tokens: int = Field(default=512, ge=1)
+    genai_max_new_tokens: int = Field(default=256, ge=1)
     scaler_backend: Literal["local", "kubernetes"] = "local"
     max_replicas_per_pool: int = Field(default=8, ge=1, le=1000)
     cold_start_timeout_s: float = Field(default=60.0, gt=0)
@@ -157,6 +167,12 @@ class Settings(BaseSettings):
     def effective_mongo_url(self) -> str:
         """Return the configured MongoDB URL, else the embedded server's."""
         return self.mongo_url or f"mongodb://127.0.0.1:{self.embedded_mongo_port}"
+
+    def device_for(self, pool: str) -> str:
+        """Return the torch device a pool's workers load models onto: CUDA for GPU pools unless set otherwise."""
+        if self.worker_device != "auto":
+            return self.worker_device
+        return "cuda" if pool in self.gpu_pools else "cpu"
 
     def queue_name(self, pool: str) -> str:
         """Return the RabbitMQ queue that serves a pool."""

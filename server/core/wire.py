@@ -36,14 +36,18 @@ class WireError(ValueError):
     """A message that does not have the contract's shape."""
 
 
-class ModelRef(TypedDict):
-    """The version a worker must load: its artifact and how to read it."""
-
+class _ModelRefRequired(TypedDict):
     name: str
     version: int
     sha256: str
     format: str
     trusted_types: list[str]
+
+
+class ModelRef(_ModelRefRequired, total=False):
+    """The version a worker must load: its artifact and how to read it."""
+
+    memory_bytes: int  # what its weights need once loaded, known from the upload (huggingface): refused if over
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,12 +56,14 @@ class PredictRequest:
 
     ``columns`` (the input schema: names, types, nullability, categories) travels only for models that take a
     DataFrame, which the worker builds with those names and dtypes; other models get the rows as an array.
+    Text models (encode, generate) take one string per row and the call's ``parameters`` (checked by the API).
     """
 
     model: ModelRef
-    rows: list[list[Any]]
+    rows: list[Any]
     method: str = "predict"
     columns: list[FieldSpec] | None = None
+    parameters: dict[str, Any] | None = None
 
     def to_args(self) -> list[Any]:
         """Return the task's positional arguments."""
@@ -70,6 +76,8 @@ class PredictRequest:
             data["method"] = self.method
         if self.columns is not None:
             data["columns"] = self.columns
+        if self.parameters:
+            data["parameters"] = self.parameters
         return data
 
     @classmethod
@@ -80,10 +88,12 @@ class PredictRequest:
         model, rows = data.get("model"), data.get("rows")
         if not isinstance(model, dict) or not isinstance(model.get("sha256"), str) or not isinstance(rows, list):
             raise WireError("a prediction request needs 'model' (with its sha256) and 'rows'")
-        method, columns = data.get("method", "predict"), data.get("columns")
+        method, columns, parameters = data.get("method", "predict"), data.get("columns"), data.get("parameters")
         if not isinstance(method, str) or (columns is not None and not isinstance(columns, list)):
             raise WireError("a prediction request's 'method' is a string and its 'columns' a list")
-        return cls(model=model, rows=rows, method=method, columns=columns)  # type: ignore[arg-type]
+        if parameters is not None and not isinstance(parameters, dict):
+            raise WireError("a prediction request's 'parameters' is an object")
+        return cls(model=model, rows=rows, method=method, columns=columns, parameters=parameters)  # type: ignore[arg-type]
 
     @classmethod
     def from_args(cls, args: Any) -> PredictRequest:
@@ -99,8 +109,11 @@ class PredictRequest:
 
 def model_ref(doc: Any) -> ModelRef:
     """Return what a worker needs to load a stored version."""
-    return {"name": doc["name"], "version": doc["version"], "sha256": doc["sha256"], "format": doc["format"],
-            "trusted_types": doc.get("trusted_types") or []}
+    ref: ModelRef = {"name": doc["name"], "version": doc["version"], "sha256": doc["sha256"], "format": doc["format"],
+                     "trusted_types": doc.get("trusted_types") or []}
+    if doc.get("weights_bytes"):
+        ref["memory_bytes"] = int(doc["weights_bytes"])
+    return ref
 
 
 @dataclass(slots=True)
@@ -117,6 +130,7 @@ class PredictOutcome:
     process_cpu_ms: float | None = None
     lane: Lane = "task"
     classes: list[Any] | None = None  # class labels, for methods that answer one column per class
+    batch_size: int | None = None  # text models: inputs in the forward pass this request's inputs ran in
     error_code: str = ""
     error_message: str = ""
 
@@ -131,6 +145,8 @@ class PredictOutcome:
                 "model_ms": self.model_ms, "process_cpu_ms": self.process_cpu_ms, "lane": self.lane}
         if self.classes is not None:
             data["classes"] = self.classes
+        if self.batch_size is not None:
+            data["batch_size"] = self.batch_size
         return data
 
     @classmethod
@@ -144,7 +160,8 @@ class PredictOutcome:
                        error_message=str(error.get("message", "")), lane=lane)
         return cls(ok=True, predictions=data.get("predictions") or [], cold=bool(data.get("cold")),
                    load_ms=data.get("load_ms", 0.0), model_ms=data.get("model_ms", 0.0),
-                   process_cpu_ms=data.get("process_cpu_ms"), lane=lane, classes=data.get("classes"))
+                   process_cpu_ms=data.get("process_cpu_ms"), lane=lane, classes=data.get("classes"),
+                   batch_size=data.get("batch_size"))
 
 
 @dataclass(frozen=True, slots=True)

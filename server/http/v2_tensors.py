@@ -173,15 +173,26 @@ def _datatype(values: list[Any]) -> str:
     return "BYTES"
 
 
-def encode_output(predictions: list[Any], binary: bool, name: str = OUTPUT_NAME) -> tuple[dict[str, Any], bytes]:
-    """Return the output tensor for predictions, with its binary data when asked for."""
+def tensors_to_texts(tensors: dict[str, tuple[list[int], list[Any]]]) -> list[str]:
+    """Read a text model's inputs: one BYTES tensor of shape [n] or [n, 1], one string per element."""
+    if len(tensors) != 1:
+        raise InvalidInputError(f"a text model takes one BYTES input tensor of shape [n], got inputs {', '.join(tensors)}")
+    ((name, (shape, values)),) = tensors.items()
+    if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
+        raise InvalidInputError(f"input '{name}': expected shape [n] or [n, 1] (one text per element), got {shape}")
+    return [v.decode("utf-8") if isinstance(v, bytes) else v for v in values]
+
+
+def encode_output(predictions: list[Any], binary: bool, name: str = OUTPUT_NAME,
+                  datatype: str | None = None) -> tuple[dict[str, Any], bytes]:
+    """Return the output tensor for predictions (of datatype, else the narrowest that holds them), in binary when asked."""
     rows = len(predictions)
     if predictions and isinstance(predictions[0], list):
         shape = [rows, len(predictions[0])]
         flat = [v for row in predictions for v in row]
     else:
         shape, flat = [rows], list(predictions)
-    dtype = _datatype(flat)
+    dtype = datatype or _datatype(flat)
     tensor: dict[str, Any] = {"name": name, "shape": shape, "datatype": dtype}
     if not binary:
         tensor["data"] = [str(v) for v in flat] if dtype == "BYTES" else flat

@@ -143,6 +143,11 @@ def submit_batch(ctx: Context, principal: Principal, model: str, ref: int | str 
                  method: str = "predict") -> dict[str, Any]:
     """Record a queued batch-scoring job and send it durably to the model's pool."""
     doc = predictions.resolve(ctx, principal, model, ref)
+    if doc.get("format") == "huggingface":
+        # Batch scoring sends table rows to predict; text models take strings and a method (not yet wired here).
+        raise InvalidInputError(f"model '{model}' is a text model (format huggingface): batch scoring does not "
+                                "serve text models yet; call predict with method encode or generate, or ?async=true",
+                                {"field": "model", "value": model})
     predictions.check_method(doc, method)
     outputs = output_columns(doc, method)
     if destination is None:

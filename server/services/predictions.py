@@ -13,12 +13,14 @@ from server.services.auth import Principal
 from server.services.context import Context
 from server.core import jobs_repo, models_repo, pools_repo, wire
 from server.core.keys_repo import role_rank
-from server.core.errors import ForbiddenError, InvalidInputError, ModelFailedError, NotFoundError, UnavailableError
-from server.core.model_info import METHODS
+from server.core.errors import (ForbiddenError, InsufficientStorageError, InvalidInputError, ModelFailedError,
+                                NotFoundError, UnavailableError, UnprocessableError)
+from server.core.model_info import METHODS, TEXT_METHODS
 from server.core.models_repo import VersionDoc
 from server.services.validation import validate_rows
 from server.services.metrics import observed
 from server.services.requirements import check_requirements
+from server.services.text_inputs import validate_parameters, validate_texts
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +39,7 @@ class PredictResult:
 def check_method(doc: VersionDoc, method: str) -> None:
     """Refuse a method the version is known not to offer (400 naming those it has)."""
     offered = doc.get("methods")
-    if method not in METHODS or (offered is not None and method not in offered):
+    if method not in METHODS + TEXT_METHODS or (offered is not None and method not in offered):
         available = offered if offered is not None else list(METHODS)
         raise InvalidInputError(
             f"field 'method': model '{doc['name']}' version {doc['version']} has no method {method!r}; "
@@ -52,10 +54,23 @@ def frame_columns(doc: VersionDoc) -> list[Any] | None:
     return None
 
 
-def predict_request(doc: VersionDoc, rows: list[list[Any]], method: str) -> wire.PredictRequest:
+def predict_request(doc: VersionDoc, rows: list[Any], method: str,
+                    parameters: dict[str, Any] | None = None) -> wire.PredictRequest:
     """Build the request for a worker, refusing a method the version is known not to offer (400)."""
     check_method(doc, method)
-    return wire.PredictRequest(model=wire.model_ref(doc), rows=rows, method=method, columns=frame_columns(doc))
+    return wire.PredictRequest(model=wire.model_ref(doc), rows=rows, method=method, columns=frame_columns(doc),
+                               parameters=parameters or None)
+
+
+def checked_request(ctx: Context, doc: VersionDoc, inputs: Any, method: str,
+                    parameters: dict[str, Any] | None) -> wire.PredictRequest:
+    """Validate inputs and parameters for the version (texts for Hugging Face models, rows otherwise)."""
+    if doc.get("format") == "huggingface":
+        check_method(doc, method)  # the method first: its parameters depend on it
+        texts = validate_texts(inputs, ctx.settings)
+        return predict_request(doc, texts, method, validate_parameters(method, parameters, ctx.settings))
+    rows = validate_rows(inputs, doc.get("input_schema"), ctx.settings.max_predict_rows)
+    return predict_request(doc, rows, method, validate_parameters(method, parameters, ctx.settings))
 
 
 def resolve(ctx: Context, principal: Principal, name: str, ref: int | str | None) -> VersionDoc:
@@ -98,12 +113,12 @@ def check_pool(ctx: Context, doc: VersionDoc, wait: bool = False) -> bool:
 
 @observed
 def predict(ctx: Context, principal: Principal, name: str, inputs: Any, ref: int | str | None, request_id: str,
-            method: str = "predict") -> PredictResult:
+            method: str = "predict", parameters: dict[str, Any] | None = None) -> PredictResult:
     """Validate rows and run them on a worker of the model's pool, waiting for the answer."""
     started = time.perf_counter()
     doc = resolve(ctx, principal, name, ref)
-    rows = validate_rows(inputs, doc.get("input_schema"), ctx.settings.max_predict_rows)
-    request = predict_request(doc, rows, method)
+    request = checked_request(ctx, doc, inputs, method, parameters)
+    rows = request.rows
     cold_pool = check_pool(ctx, doc, wait=True)
     routed = time.perf_counter()
     # A worker started for this request still imports its libraries: allow it the cold-start budget.
@@ -119,6 +134,10 @@ def predict(ctx: Context, principal: Principal, name: str, inputs: Any, ref: int
             raise UnavailableError(outcome.error_message, details)
         if outcome.error_code == "method_unavailable":
             raise InvalidInputError(outcome.error_message, details)
+        if outcome.error_code == "invalid_input":  # a text over the model's token bound: the worker names the row
+            raise UnprocessableError(outcome.error_message, details)
+        if outcome.error_code == "model_too_large":
+            raise InsufficientStorageError(outcome.error_message, details)
         raise ModelFailedError(outcome.error_message, details)
     done = time.perf_counter()
     timings = {
@@ -127,17 +146,18 @@ def predict(ctx: Context, principal: Principal, name: str, inputs: Any, ref: int
         "model_ms": outcome.model_ms,
         "load_ms": outcome.load_ms,
     }
+    if outcome.batch_size is not None:
+        timings["batch_size"] = outcome.batch_size
     if ctx.metrics is not None:
         after_response(ctx.metrics.record_success, doc, rows, outcome, timings)  # counted once the answer is out
     return PredictResult(outcome.predictions, name, doc["version"], request_id, timings, cold_pool, outcome.classes)
 
 
 def submit_job(ctx: Context, principal: Principal, name: str, inputs: Any, ref: int | str | None,
-               method: str = "predict") -> dict[str, Any]:
+               method: str = "predict", parameters: dict[str, Any] | None = None) -> dict[str, Any]:
     """Validate rows, record a queued job and send it durably; the job is removed if sending fails."""
     doc = resolve(ctx, principal, name, ref)
-    rows = validate_rows(inputs, doc.get("input_schema"), ctx.settings.max_predict_rows)
-    request = predict_request(doc, rows, method)
+    request = checked_request(ctx, doc, inputs, method, parameters)
     check_pool(ctx, doc)
     job_id = "job_" + uuid.uuid4().hex
     params = {"model": name, "version": doc["version"], "method": method, "request": request.to_dict()}

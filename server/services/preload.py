@@ -9,6 +9,7 @@ import time
 from typing import TypedDict
 
 from server.core.formats import CHECK_MODULES
+from server.core.lean_imports import import_skops_io
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +28,8 @@ def _import_all() -> None:
     began = time.perf_counter()
     try:
         for name in CHECK_MODULES:
-            importlib.import_module(name)
+            # skops.io through lean_imports: a plain import pulls torch in where torch is installed.
+            import_skops_io() if name == "skops.io" else importlib.import_module(name)
         logger.info("upload check libraries imported in %.1f s", time.perf_counter() - began)
     except Exception as exc:  # a broken library must not keep the API unready; its upload will say what is wrong
         _error = f"{type(exc).__name__}: {exc}"

@@ -16,6 +16,9 @@ from server.core.errors import InvalidInputError, UnavailableError
 from server.core.models_repo import VersionDoc
 
 _CACHE_S = 1.0
+# What a format needs in its pool's environment whatever the upload's own requirements say.
+IMPLIED = {"huggingface": ["torch", "transformers"]}
+IMPLIED_BY_TASK = {"embedding": ["sentence-transformers"]}
 _cache: dict[str, tuple[float, list[dict[str, str]]]] = {}
 _lock = threading.Lock()
 
@@ -70,6 +73,7 @@ def describe_pool(envs: list[dict[str, str]], req: Requirement) -> str:
 def check_requirements(ctx: Context, doc: VersionDoc) -> None:
     """Refuse a model none of whose pool's live workers satisfies all its requirements, naming what is missing."""
     strings: list[str] = list(doc.get("requirements") or [])
+    strings += IMPLIED.get(doc.get("format", ""), []) + IMPLIED_BY_TASK.get(doc.get("task", ""), [])
     if not strings:
         return
     reqs = [Requirement(s) for s in strings]

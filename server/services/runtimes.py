@@ -14,7 +14,7 @@ from server.core.pools_repo import AutoscalePolicy, PoolDoc
 from server.core.queues import QueueProbe
 
 WORKER_FIELDS = ("host", "pid", "pool", "concurrency", "busy", "cpu_percent", "memory_mb", "gpus", "environment",
-                 "cache_hits", "cache_misses", "started_at", "last_seen")
+                 "cache_hits", "cache_misses", "cached_models", "started_at", "last_seen")
 
 
 def worker_view(doc: dict[str, Any], lost_before: str) -> dict[str, Any]:

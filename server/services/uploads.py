@@ -15,6 +15,7 @@ from server.core import models_repo
 from server.core.artifacts import put_artifact
 from server.core.errors import ForbiddenError, InvalidInputError, UnprocessableError
 from server.core.formats import PICKLE_FORMATS, check_artifact
+from server.core.hf_archive import HFInfo, inspect_archive
 from server.core.model_info import ModelInfo, describe_estimator, describe_onnx
 from server.core.keys_repo import role_rank
 from server.core.models_repo import FieldSpec, VersionDoc
@@ -66,7 +67,7 @@ class UploadMetadata(BaseModel):
     model_config = {"extra": "forbid"}
 
     name: str = Field(pattern=NAME_PATTERN, description="a letter or digit, then letters, digits, '.', '_' and '-', at most 100")
-    format: Literal["skops", "onnx", "joblib", "pickle", "torchscript"]
+    format: Literal["skops", "onnx", "joblib", "pickle", "torchscript", "huggingface"]
     pool: str = Field(default="cpu", pattern=r"^[A-Za-z_][A-Za-z0-9_-]{0,49}$")
     min_memory_mb: int | None = Field(default=None, ge=0)
     input_schema: list[SchemaField] | None = Field(default=None, min_length=1)
@@ -132,7 +133,15 @@ def upload_model(
         raise InvalidInputError(f"file '{file.filename}' is empty")
     # An archive may not unpack to more than an upload may be (zip bombs).
     trusted = check_artifact(meta.format, stream, settings.skops_trusted_prefixes, settings.max_upload_bytes)
-    info = inspect_model(meta.format, stream, trusted, size, settings)
+    hf: HFInfo | None = None
+    if meta.format == "huggingface":
+        # Pickled weights inside are code, admitted as the pickle formats are: enabled, and from an admin.
+        admitted = settings.allow_pickle and role_rank(principal.role) >= role_rank("admin")
+        hf = inspect_archive(stream, settings.max_upload_bytes, admitted)
+        stream.seek(0)
+        info = ModelInfo(methods=hf.methods, classes=None, feature_names=None)
+    else:
+        info = inspect_model(meta.format, stream, trusted, size, settings)
     schema: list[FieldSpec] | None = [_field(f) for f in meta.input_schema] if meta.input_schema else None
     stats = None
     if reference is not None and reference.filename:
@@ -151,9 +160,23 @@ def upload_model(
         "methods": info.methods if info else None, "classes": info.classes if info else None,
         "feature_names": info.feature_names if info else None, "example": meta.example,
     }
-    if meta.format in PICKLE_FORMATS:
+    if hf is not None:
+        doc.update(hf_fields(hf, meta.pool, settings))
+    if meta.format in PICKLE_FORMATS or (hf is not None and hf.pickled_weights):
         logger.warning("pickle-format model %s uploaded by %s", meta.name, principal.subject)
     return models_repo.create_version(db, doc)
+
+
+def hf_fields(hf: HFInfo, pool: str, settings: Settings) -> VersionDoc:
+    """Return what a version records of a Hugging Face archive: task, size and how its pool will load it."""
+    device = settings.device_for(pool)
+    floats = {"F32", "F16", "BF16"}
+    half = device == "cuda" and settings.genai_fp16 and bool(hf.dtypes) and set(hf.dtypes) <= floats | {"I64"}
+    serving = {"device": device, "dtype": "float16" if half else "float32",
+               "why": ("fp16 on CUDA (MODELDECK_GENAI_FP16)" if half else
+                       "the CPU computes in float32" if device == "cpu" else "weights are not all floating point"
+                       if settings.genai_fp16 else "MODELDECK_GENAI_FP16=false")}
+    return {"task": hf.task, "parameters": hf.parameters, "weights_bytes": hf.weights_bytes, "serving": serving}
 
 
 def _field(f: SchemaField) -> FieldSpec:
@@ -172,9 +195,9 @@ def inspect_model(fmt: str, stream: IO[bytes], trusted: list[str], size: int, se
     """
     try:
         if fmt == "skops" and size <= settings.upload_inspect_max_mb * 2**20:
-            import skops.io
+            from server.core.lean_imports import import_skops_io
 
-            return describe_estimator(skops.io.loads(stream.read(), trusted=trusted))
+            return describe_estimator(import_skops_io().loads(stream.read(), trusted=trusted))
         if fmt == "onnx":
             import onnx
 

@@ -47,6 +47,8 @@ def version_view(doc: Any) -> dict[str, Any]:
         "monitoring": doc.get("monitoring"),
         "methods": doc.get("methods"), "classes": doc.get("classes"), "feature_names": doc.get("feature_names"),
         "example": doc.get("example"),
+        **({"task": doc.get("task"), "parameters": doc.get("parameters"), "weights_bytes": doc.get("weights_bytes"),
+            "serving": doc.get("serving")} if doc.get("format") == "huggingface" else {}),
     }
 
 

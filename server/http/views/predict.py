@@ -24,8 +24,12 @@ class PredictBody(BaseModel):
 
     inputs: list[Any] = Field(description="rows: objects keyed by feature name, or lists in schema order")
     version: int | str | None = Field(default=None, description="version number or alias; default production, else latest")
-    method: Literal["predict", "predict_proba", "predict_log_proba", "decision_function", "transform"] = Field(
+    method: Literal["predict", "predict_proba", "predict_log_proba", "decision_function", "transform", "encode",
+                    "generate"] = Field(
         default="predict", description="the model's method to call; a version's metadata lists those it offers")
+    parameters: dict[str, Any] | None = Field(
+        default=None, description="text models: encode {normalize}; generate {max_new_tokens, temperature, top_p, "
+                                  "top_k, seed} (docs/api.md)")
 
 
 @api.route("/<name>/predict", "POST", "service", "Predict rows with a model version", body=PredictBody,
@@ -36,12 +40,14 @@ def predict(name: str, body: PredictBody) -> Response:
     if flag not in ("true", "false", "1", "0"):
         raise InvalidInputError(f"query parameter 'async': expected true or false, got {flag!r}")
     if flag in ("true", "1"):
-        job = predictions.submit_job(ctx, g.principal, name, body.inputs, body.version, body.method)
+        job = predictions.submit_job(ctx, g.principal, name, body.inputs, body.version, body.method,
+                                     body.parameters)
         audit.record("job.create", job["_id"], status=202, details={"model": name, "version": job["params"]["version"]})
         resp = json_response({"job_id": job["_id"], "status": job["status"], "url": job_location(job["_id"])}, 202)
         resp.headers["Location"] = job_location(job["_id"])
         return resp
-    result = predictions.predict(ctx, g.principal, name, body.inputs, body.version, request_id(), body.method)
+    result = predictions.predict(ctx, g.principal, name, body.inputs, body.version, request_id(), body.method,
+                                 body.parameters)
     audit.maybe_record_prediction(name, result.version, len(result.predictions))
     access_log.note_version(result.version)
     answer = {

@@ -16,12 +16,15 @@ from server.services.request_scope import request_id
 from server.core import models_repo
 from server.core.errors import InvalidInputError, ModelDeckError, PayloadTooLargeError
 from server.http.views.health import readiness
-from server.http.v2_tensors import (OUTPUT_NAME, SCHEMA_DTYPES, check_datatypes, decode_inputs, encode_output, split_body,
-                                    tensors_to_rows)
+from server.http.v2_tensors import (OUTPUT_NAME, SCHEMA_DTYPES, check_datatypes, decode_inputs, encode_output,
+                                    split_body, tensors_to_rows, tensors_to_texts)
 
 logger = logging.getLogger(__name__)
 api = Api("v2", "/v2")
 V2_OUTPUTS = ("predict", "predict_proba", "predict_log_proba", "decision_function")
+TEXT_OUTPUTS = {"encode": "FP32", "generate": "BYTES"}  # a text model's one output, named for its method
+# Request parameters of the protocol itself; the others go to a text model's method.
+PROTOCOL_PARAMETERS = ("binary_data_output",)
 
 INFER_SCHEMA = {"application/json": {"schema": {"type": "object", "required": ["inputs"], "properties": {
     "id": {"type": "string"}, "parameters": {"type": "object"},
@@ -60,6 +63,13 @@ def _metadata(name: str, version: str | None) -> Response:
     doc = predictions.resolve(_ctx(), g.principal, name, _ref(version))
     model = models_repo.get_model(_ctx().db, name)
     schema = doc.get("input_schema")
+    if doc.get("format") == "huggingface":
+        method = (doc.get("methods") or ["encode"])[0]
+        return json_response({
+            "name": name, "versions": [str(v["version"]) for v in model["versions"] if not v.get("archived")],
+            "platform": doc["format"], "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+            "outputs": [{"name": method, "datatype": TEXT_OUTPUTS[method],
+                         "shape": [-1, -1] if method == "encode" else [-1]}]})
     if schema:
         inputs = [{"name": f["name"], "datatype": SCHEMA_DTYPES[f["type"]], "shape": [-1]} for f in schema]
     else:
@@ -76,6 +86,8 @@ def _metadata(name: str, version: str | None) -> Response:
 def _outputs(doc: Any) -> list[str]:
     """The outputs a version offers: predict, then its other methods that answer numbers per row."""
     methods = doc.get("methods") or [OUTPUT_NAME]
+    if doc.get("format") == "huggingface":
+        return [m for m in methods if m in TEXT_OUTPUTS]
     return [OUTPUT_NAME] + [m for m in methods if m in V2_OUTPUTS and m != OUTPUT_NAME]
 
 
@@ -116,7 +128,7 @@ def _requested_outputs(body: dict[str, Any], doc: Any) -> list[tuple[str, bool]]
     overrides it (binary tensor data extension).
     """
     params = body.get("parameters") or {}
-    wanted = body.get("outputs") or [{"name": OUTPUT_NAME}]
+    wanted = body.get("outputs") or [{"name": _outputs(doc)[0]}]
     if not isinstance(params, dict) or not isinstance(wanted, list):
         raise InvalidInputError("inference request: 'parameters' must be an object and 'outputs' a list")
     offered = _outputs(doc)
@@ -140,15 +152,19 @@ def _infer(name: str, version: str | None) -> Response:
         raise PayloadTooLargeError(f"request body is over the limit of {limit} bytes (MODELDECK_MAX_BODY_KB)")
     body, binary = split_body(request.get_data(cache=False), request.headers.get("Inference-Header-Content-Length"))
     doc = predictions.resolve(ctx, g.principal, name, _ref(version))
+    text = doc.get("format") == "huggingface"
     decoded = decode_inputs(body, binary)
-    check_datatypes(body, doc.get("input_schema"), name)
-    rows = tensors_to_rows(decoded, doc.get("input_schema"))
+    if not text:  # a text model's one input is BYTES by definition
+        check_datatypes(body, doc.get("input_schema"), name)
+    rows: list[Any] = tensors_to_texts(decoded) if text else tensors_to_rows(decoded, doc.get("input_schema"))
+    params = body.get("parameters") if isinstance(body.get("parameters"), dict) else {}
+    method_params = {k: v for k, v in params.items() if k not in PROTOCOL_PARAMETERS} if text else None
     tensors, data = [], b""
     for output, as_binary in _requested_outputs(body, doc):
-        result = predictions.predict(ctx, g.principal, name, rows, doc["version"], request_id(), output)
+        result = predictions.predict(ctx, g.principal, name, rows, doc["version"], request_id(), output, method_params)
         audit.maybe_record_prediction(name, result.version, len(result.predictions))
         access_log.note_version(result.version)
-        tensor, chunk = encode_output(result.predictions, as_binary, output)
+        tensor, chunk = encode_output(result.predictions, as_binary, output, TEXT_OUTPUTS.get(output) if text else None)
         if result.classes is not None:
             # Parameter values are scalars in the protocol: the labels go as a JSON array in a string.
             tensor["parameters"] = {**tensor.get("parameters", {}), "classes": orjson.dumps(result.classes).decode()}

@@ -1,0 +1,171 @@
+"""Hugging Face text models on a worker: unpack a checked archive, load it on the pool's device, encode or generate.
+
+Only the worker of a pool that serves these models imports torch and transformers, when the first one loads
+(runtime/loader.py imports this module lazily), so the API and pools serving other formats never pay for them.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Hashable
+
+from runtime.batching import Batcher
+from runtime.loader import InputRejectedError
+from server.core.hf_archive import extract
+from server.core.settings import Settings
+
+# Nothing may be fetched from a model hub at run time: every file comes from the uploaded archive.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the worker's threads already run requests side by side
+
+
+# torch's random generator is global: a seeded generate holds it for its whole run.
+_SEED_LOCK = threading.Lock()
+
+
+class TextModel:
+    """A loaded embedding model or causal LM with its tokenizer, device and batcher."""
+
+    def __init__(self, task: str, model: Any, tokenizer: Any, device: str, dtype: str, max_input_tokens: int,
+                 context: int, settings: Settings) -> None:
+        self.task = task
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = device
+        self.dtype = dtype
+        self.max_input_tokens = max_input_tokens
+        self.context = context  # prompt plus new tokens, for a causal LM
+        self.batcher = Batcher(self._run_batch, settings.genai_batch_size, settings.genai_batch_wait_ms)
+        # A fast tokenizer is not thread-safe: each call sets its padding and truncation on the shared Rust object, so
+        # a length check on one thread while a batch pads on another broke that batch ("Unable to create tensor").
+        # Checks use a copy of their own; the batch leader (one at a time) and generate (under its lock) the original.
+        self._check_tokenizer = copy.deepcopy(tokenizer)
+        self._check_lock = threading.Lock()
+        self._generate_lock = threading.Lock()
+
+    def check_lengths(self, texts: list[str], extra: int = 0) -> None:
+        """Refuse a text over the token bound, naming its row."""
+        with self._check_lock:
+            lengths = [len(ids) for ids in self._check_tokenizer(texts, add_special_tokens=True)["input_ids"]]
+        for i, n in enumerate(lengths):
+            if n > self.max_input_tokens:
+                raise InputRejectedError(f"row {i}: {n} tokens is over the limit of {self.max_input_tokens} tokens per "
+                                     "input (the model's maximum, capped by MODELDECK_GENAI_MAX_INPUT_TOKENS)")
+            if n + extra > self.context:
+                raise InputRejectedError(f"row {i}: {n} tokens plus max_new_tokens {extra} is over this model's context "
+                                     f"of {self.context} tokens; shorten the prompt or ask for fewer new tokens")
+
+    def encode(self, texts: list[str], normalize: bool) -> tuple[list[list[float]], int]:
+        """Return one vector per text (float32 as floats) and the size of the batch they ran in."""
+        self.check_lengths(texts)
+        return self.batcher.submit(("encode", normalize), texts)
+
+    def _run_batch(self, key: Hashable, texts: list[str]) -> list[Any]:
+        _, normalize = key  # type: ignore[misc]
+        vectors = self.model.encode(texts, batch_size=len(texts), normalize_embeddings=normalize,
+                                    convert_to_numpy=True, show_progress_bar=False)
+        return [row.tolist() for row in vectors.astype("float32")]
+
+    def generate(self, prompts: list[str], params: dict[str, Any]) -> list[str]:
+        """Continue each prompt: greedy unless a temperature is given, reproducible with a seed."""
+        import torch
+
+        max_new = int(params.get("max_new_tokens", 32))
+        self.check_lengths(prompts, extra=max_new)
+        temperature = float(params.get("temperature", 0) or 0)
+        options: dict[str, Any] = {"max_new_tokens": max_new, "pad_token_id": self.tokenizer.pad_token_id
+                                   if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id}
+        if temperature > 0:
+            options.update(do_sample=True, temperature=temperature)
+            for name in ("top_p", "top_k"):
+                if name in params:
+                    options[name] = params[name]
+        else:
+            options["do_sample"] = False
+        out = []
+        # Prompts run one at a time: padding a batch would change a greedy continuation. One generate at a time per
+        # model: the tokenizer is shared, and a seeded run holds torch's global generator anyway.
+        for prompt in prompts:
+            with self._generate_lock, torch.no_grad():
+                encoded = self.tokenizer(prompt, return_tensors="pt").to(self.device)
+                if "seed" in params:
+                    with _SEED_LOCK:
+                        torch.manual_seed(int(params["seed"]))
+                        ids = self.model.generate(**encoded, **options)
+                else:
+                    ids = self.model.generate(**encoded, **options)
+                new = ids[0][encoded["input_ids"].shape[1]:]
+                out.append(self.tokenizer.decode(new, skip_special_tokens=True))
+        return out
+
+    def memory(self) -> tuple[int, int]:
+        """Return the bytes of the model's parameters and buffers, and how many of them are on a CUDA device."""
+        total = cuda = 0
+        module = self.model
+        for tensor in [*module.parameters(), *module.buffers()]:
+            size = tensor.numel() * tensor.element_size()
+            total += size
+            if tensor.device.type == "cuda":
+                cuda += size
+        return total, cuda
+
+
+def load_text_model(data: bytes, device: str, settings: Settings) -> TextModel:
+    """Unpack an archive and load it onto device; the unpacked files are removed once loaded."""
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        # A GPU pool's model is never run on the CPU behind the caller's back.
+        raise RuntimeError("this worker serves a GPU pool but torch sees no CUDA device")
+    if settings.genai_torch_threads and torch.get_num_threads() != settings.genai_torch_threads:
+        torch.set_num_threads(settings.genai_torch_threads)
+    base = settings.home / "hf-models"
+    base.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="unpack-", dir=base))
+    try:
+        root = extract(data, workdir, settings.max_upload_bytes)
+        half = device.startswith("cuda") and settings.genai_fp16
+        dtype = torch.float16 if half else torch.float32
+        if (root / "modules.json").exists():
+            return _load_embedding(root, device, dtype, settings)
+        return _load_causal(root, device, dtype, settings)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _dtype_keyword() -> str:
+    """Return from_pretrained's dtype argument: ``dtype`` since transformers 4.56, ``torch_dtype`` before."""
+    import transformers
+    from packaging.version import Version
+
+    return "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+
+
+def _load_embedding(root: Path, device: str, dtype: Any, settings: Settings) -> TextModel:
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(root), device=device, local_files_only=True, trust_remote_code=False,
+                                model_kwargs={_dtype_keyword(): dtype})
+    model.eval()
+    limit = min(settings.genai_max_input_tokens, int(model.max_seq_length or settings.genai_max_input_tokens))
+    return TextModel("embedding", model, model.tokenizer, device, str(dtype).removeprefix("torch."), limit, limit,
+                     settings)
+
+
+def _load_causal(root: Path, device: str, dtype: Any, settings: Settings) -> TextModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(root), local_files_only=True, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(str(root), local_files_only=True, trust_remote_code=False,
+                                                 **{_dtype_keyword(): dtype}).to(device)
+    model.eval()
+    context = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    context = int(context or 10**9)
+    return TextModel("text-generation", model, tokenizer, device, str(dtype).removeprefix("torch."),
+                     min(settings.genai_max_input_tokens, context), context, settings)
