@@ -13,15 +13,13 @@ import logging
 import re
 import sys
 import time
-from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from functools import partial
 from typing import Callable
 
 import orjson
 from flask import Flask, Response, g, request
 
-from server.services.request_scope import request_id
+from server.services.request_scope import after_response, request_id
 
 logger = logging.getLogger("modeldeck.access")
 
@@ -33,23 +31,8 @@ _PROBES = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/
 _PLAIN = re.compile(r'^[^\s"=\\]+$')
 
 
-@dataclass(frozen=True)
-class AccessEntry:
-    """What the access log records about one request."""
-
-    time: str
-    request_id: str
-    client: str
-    credential: str
-    method: str
-    path: str
-    status: int
-    duration_ms: float
-    model: str | None
-    version: int | None
-
-
-_TEXT_FIELDS = tuple(name for name in AccessEntry.__dataclass_fields__ if name != "time")
+# The fields of a line, in order; time and duration are filled in once the answer is out.
+FIELDS = ("time", "request_id", "client", "credential", "method", "path", "status", "duration_ms", "model", "version")
 
 
 def note_version(version: int) -> None:
@@ -62,20 +45,27 @@ def _text_value(value: object) -> str:
     return text if _PLAIN.match(text) else orjson.dumps(text).decode()
 
 
-def format_text(entry: AccessEntry) -> str:
-    """Render an entry as key=value pairs (the time comes from the log's own prefix)."""
-    return " ".join(f"{key}={_text_value(getattr(entry, key))}" for key in _TEXT_FIELDS)
+def format_text(request_id: str, client: str, credential: str, method: str, path: str, status: int,
+                duration_ms: float, model: str | None, version: int | None) -> str:
+    """Render a request as key=value pairs (the time comes from the log's own prefix). The request id is already
+    sane (request_scope), method, status, duration and version cannot hold a space or a quote: only the caller's
+    own strings are checked."""
+    return (f"request_id={request_id} client={_text_value(client)} credential={_text_value(credential)} "
+            f"method={_text_value(method)} path={_text_value(path)} status={status} duration_ms={duration_ms} "
+            f"model={_text_value(model)} version={'-' if version is None else version}")
 
 
-def format_json(entry: AccessEntry) -> str:
-    """Render an entry as one JSON object."""
-    return orjson.dumps(entry).decode()  # orjson serialises dataclasses natively, in field order
-
-
-def _write(formatter: Callable[[AccessEntry], str], started: float, entry: AccessEntry) -> None:
-    duration_ms = round((time.perf_counter() - started) * 1000, 2)
+def format_json(request_id: str, client: str, credential: str, method: str, path: str, status: int,
+                duration_ms: float, model: str | None, version: int | None) -> str:
+    """Render a request as one JSON object, with its time."""
     stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    logger.info("%s", formatter(replace(entry, time=stamp, duration_ms=duration_ms)))
+    return orjson.dumps(dict(zip(FIELDS, (stamp, request_id, client, credential, method, path, status, duration_ms,
+                                          model, version)))).decode()
+
+
+def _write(formatter: Callable[..., str], started: float, fields: tuple[object, ...]) -> None:
+    # Built as one string and handed to the logger without %-arguments: this runs for every request.
+    logger.info(formatter(*fields[:6], round((time.perf_counter() - started) * 1000, 2), *fields[6:]))
 
 
 def _json_handler() -> logging.Handler:
@@ -87,7 +77,8 @@ def _json_handler() -> logging.Handler:
 
 
 def install(app: Flask, fmt: str) -> None:
-    """Log every request the app answers in format fmt (text, json or off)."""
+    """Log every request the app answers in format fmt (text, json or off). Install it after the app's own
+    after_request handler that runs the deferred work: Flask calls after_request handlers last-registered first."""
     if fmt == "off":
         return
     formatter = format_json if fmt == "json" else format_text
@@ -108,10 +99,9 @@ def install(app: Flask, fmt: str) -> None:
             return resp
         principal = g.get("principal")
         model = (request.view_args or {}).get("name") if request.blueprint in _MODEL_BLUEPRINTS else None
-        entry = AccessEntry(
-            time="", request_id=g.get("request_id") or request_id(), client=request.remote_addr or "-",
-            credential=principal.subject if principal is not None else "-", method=request.method, path=request.path,
-            status=resp.status_code, duration_ms=0.0, model=model, version=g.get("access_version"),
-        )  # time and duration are filled in once the answer is out
-        resp.call_on_close(partial(_write, formatter, g.get("access_started", time.perf_counter()), entry))
+        fields = (g.get("request_id") or request_id(), request.remote_addr or "-",
+                  principal.subject if principal is not None else "-", request.method, request.path,
+                  resp.status_code, model, g.get("access_version"))  # the duration is measured once the answer is out
+        # Written with the request's other deferred work, once the answer's last byte is out (app.py runs it).
+        after_response(_write, formatter, g.get("access_started", time.perf_counter()), fields)
         return resp

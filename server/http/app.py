@@ -87,8 +87,8 @@ def create_app(settings: Settings, router: Router | None = None) -> Flask:
     app.register_blueprint(get_swaggerui_blueprint("/api/docs", "/api/v1/openapi.json", config={"app_name": "ModelDeck API"}))
     # Serve Swagger UI at /api/docs itself too (its blueprint answers 308 to /api/docs/); its asset URLs are absolute.
     app.add_url_rule("/api/docs", "swagger_ui_root", app.view_functions["swagger_ui.show"])
-    access_log.install(app, settings.access_log)
     _register_handlers(app)
+    access_log.install(app, settings.access_log)
     return app
 
 
