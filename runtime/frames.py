@@ -10,8 +10,11 @@ import pandas as pd
 from server.core.models_repo import FieldSpec
 
 # pandas 3 reads text columns as its "str" dtype (NaN for missing); pandas 2 as object holding None. A model
-# fitted in a notebook saw what that notebook's pandas made, so strings follow the installed pandas.
-_STRING_DTYPE: Any = "str" if int(pd.__version__.split(".")[0]) >= 3 else object
+# fitted in a notebook saw what that notebook's pandas made, so strings follow the installed pandas. On pandas 3
+# the "str" dtype with Python storage: the same values and missing marker as the pyarrow-backed default, built
+# 4x faster for a few rows and read faster by scikit-learn's encoders, which iterate the values.
+_STRING_DTYPE: Any = (pd.StringDtype("python", na_value=np.nan) if int(pd.__version__.split(".")[0]) >= 3
+                      else object)
 
 
 def _column(values: tuple[Any, ...], spec: FieldSpec | None) -> Any:
