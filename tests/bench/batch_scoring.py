@@ -4,7 +4,9 @@ Usage: .venv/bin/python tests/bench/batch_scoring.py [--rows 1000000] [--chunk-r
 Starts its own nx-27017, CPU workers and the API on loopback (RabbitMQ at 127.0.0.1:5672), creates a database of its
 own on the local PostgreSQL (postgresql://postgres@127.0.0.1:5432) and drops it at the end. The model is a
 scikit-learn LogisticRegression on the four iris features (skops). In each round, on the same table:
-- the hand-written script (tests/bench/handwritten_batch.py: COPY out, pyarrow parse, predict, pyarrow write, COPY in);
+- the hand-written script (tests/bench/handwritten_batch.py: COPY out, pyarrow parse, predict, pyarrow write, COPY in),
+  in one process, then in two processes side by side, each scoring half of the ids: what the machine itself gains
+  from a second process, the ceiling for what a second worker can gain;
 - ModelDeck, PostgreSQL table -> PostgreSQL table, with one worker, then with two;
 - ModelDeck, a Parquet file of the same rows -> PostgreSQL table, with two workers.
 Peak memory is each worker's RSS sampled every 50 ms with psutil; CPU is the workers' own CPU seconds during the job.
@@ -143,19 +145,28 @@ def run_job(client: Client, body: dict[str, Any], pids: list[int], pg_url: str) 
     return {"seconds": elapsed, **stats, "job": job}
 
 
-def handwritten(pg_url: str, out: str, model_path: Path) -> dict[str, Any]:
-    proc = subprocess.Popen([sys.executable, str(HERE / "handwritten_batch.py"), pg_url, "source_rows", out, str(model_path)],
-                            stdout=subprocess.PIPE, text=True)
-    sampler = Sampler([proc.pid], pg_url)
-    stdout = proc.stdout.read() if proc.stdout else ""
-    _, status, usage = os.wait4(proc.pid, 0)  # the child's own CPU time, read as it is reaped
-    proc.returncode = os.waitstatus_to_exitcode(status)
+def handwritten(pg_url: str, out: str, model_path: Path, halves: int = 0) -> dict[str, Any]:
+    """Run the hand-written script in one process (halves=0), or in two side by side on halves of ids 1..halves*2."""
+    script = [sys.executable, str(HERE / "handwritten_batch.py"), pg_url, "source_rows"]
+    ranges = [[]] if not halves else [["1", str(halves)], [str(halves + 1), str(2 * halves)]]
+    procs = [subprocess.Popen(script + [f"{out}_{i}" if halves else out, str(model_path), *r], stdout=subprocess.PIPE,
+                              text=True) for i, r in enumerate(ranges)]
+    sampler = Sampler([p.pid for p in procs], pg_url)
+    outs, cpu = [], 0.0
+    for proc in procs:
+        stdout = proc.stdout.read() if proc.stdout else ""
+        _, status, usage = os.wait4(proc.pid, 0)  # the child's own CPU time, read as it is reaped
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        assert proc.returncode == 0, stdout
+        outs.append(json.loads(stdout.strip().splitlines()[-1]))
+        cpu += usage.ru_utime + usage.ru_stime
     stats = sampler.done()
-    assert proc.returncode == 0, stdout
-    timings = json.loads(stdout.strip().splitlines()[-1])
+    timings = {k: max(o[k] for o in outs) for k in ("copy_out", "parse", "predict", "write_copy_in")}
+    # From the first process's start of work (its imports and model load done) to the last one's end.
+    timings["seconds"] = max(o["ended"] for o in outs) - min(o["began"] for o in outs)
     # Its CPU while measured (process_time around the work, not its imports); the whole process's for reference.
-    return {**timings, **stats, "worker_cpu_s": [round(timings["cpu_s"], 2)],
-            "process_cpu_s": round(usage.ru_utime + usage.ru_stime, 2)}
+    return {**timings, **stats, "rows": sum(o["rows"] for o in outs),
+            "worker_cpu_s": [round(o["cpu_s"], 2) for o in outs], "process_cpu_s": round(cpu, 2)}
 
 
 def check_output(pg_url: str, table: str, rows: int) -> None:
@@ -234,6 +245,9 @@ def main() -> None:
             assert hw["rows"] == args.rows, hw
             phases = {k: round(hw[k], 2) for k in ("copy_out", "parse", "predict", "write_copy_in")}
             results.append(("hand-written script (1 process)", hw["seconds"], {**hw, "detail": f"; phases (s) {phases}"}))
+            hw2 = handwritten(pg_url, f"hand2_{r}", tmp / "model.skops", halves=args.rows // 2)
+            assert hw2["rows"] == args.rows // 2 * 2, hw2
+            results.append(("hand-written script (2 processes, half each)", hw2["seconds"], hw2))
             for threads in (str(settings.worker_concurrency), "1"):
                 label = f"{threads} thread{'s' if threads != '1' else ''} each"
                 workers = [start_worker(stack, "cpu", MODELDECK_WORKER_CONCURRENCY=threads)]
@@ -256,7 +270,7 @@ def main() -> None:
         script = one_worker = None
         for name, seconds, info in results:
             rate = args.rows / seconds
-            if name.startswith("hand-written"):
+            if name == "hand-written script (1 process)":
                 script = rate
             if "1 worker" in name:
                 one_worker = rate
@@ -270,6 +284,17 @@ def main() -> None:
                        f"{info['pg_cpu_s']} s, machine busy {info['machine_busy']:.0%}")
             print(f"{name:<52} {seconds:>8.2f} {rate:>10,.0f} {rate / script:>9.2f} "
                   f"{(rate / one_worker) if one_worker and not name.startswith('hand') else float('nan'):>11.2f}  {mem}{extra}")
+        rates = {name: args.rows / seconds for name, seconds, _ in results}
+        pair = rates.get("hand-written script (2 processes, half each)")
+        if script and pair:
+            print(f"\nWhat a second process gains on this machine: hand-written 2 processes / 1 process = {pair / script:.2f}")
+            for threads in (str(settings.worker_concurrency), "1"):
+                label = f"{threads} thread{'s' if threads != '1' else ''} each"
+                one = rates.get(f"ModelDeck PG -> PG, 1 worker ({label})")
+                two = rates.get(f"ModelDeck PG -> PG, 2 workers ({label})")
+                if one and two:
+                    print(f"ModelDeck ({label}): 2 workers / 1 worker = {two / one:.2f}, "
+                          f"{two / one / (pair / script):.2f} of the machine's own gain")
     finally:
         for proc in reversed(procs):
             proc.stop()
