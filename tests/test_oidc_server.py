@@ -219,3 +219,13 @@ def test_backchannel_tokens_name_the_public_issuer_and_verify_against_in_network
                                      check_claims={"iss": f"{dynamic.public}/realms/modeldeck", "aud": "modeldeck-api", "exp": None})
     assert claims["realm_access"]["roles"] == ["modeldeck-admin"]
 
+
+def test_the_realm_allows_the_console_public_url_as_redirect(dynamic: Dynamic) -> None:
+    """The realm file's ${MODELDECK_CONSOLE_PUBLIC_URL:http://localhost:8501}/* follows the variable at import."""
+    auth = f"{dynamic.url}/realms/modeldeck/protocol/openid-connect/auth"
+    params = {"client_id": "modeldeck-console", "response_type": "code", "scope": "openid", "state": "s",
+              "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM", "code_challenge_method": "S256"}
+    page = requests.get(auth, params={**params, "redirect_uri": f"{dynamic.console}/oauth2callback"}, timeout=10)
+    assert page.status_code == 200 and 'name="password"' in page.text
+    refused = requests.get(auth, params={**params, "redirect_uri": "http://localhost:8501/oauth2callback"}, timeout=10)
+    assert (refused.status_code, refused.text) == (400, "Invalid parameter: redirect_uri")
