@@ -206,9 +206,19 @@ class _PasswordForm(html.parser.HTMLParser):
 def _answer(step: str, resp: requests.Response, expected: str) -> SmokeError:
     """Say which step of the sign-in got what instead of what was expected."""
     where = f", Location {resp.headers['location']}" if "location" in resp.headers else ""
-    body = re.sub(r"\s+", " ", resp.text)[:300]
-    return SmokeError(f"console sign-in, {step}: {resp.request.method} {resp.url} answered {resp.status_code}{where}, "
+    # An HTML page's text (the login form's "Invalid username or password."), not its style sheet.
+    text = re.sub(r"<[^>]+>", " ", re.sub(r"<(style|script)\b.*?</\1>", " ", resp.text, flags=re.DOTALL | re.IGNORECASE))
+    body = " ".join(text.split())[:300]
+    return SmokeError(f"{step}: {resp.request.method} {resp.url} answered {resp.status_code}{where}, "
                       f"expected {expected}; body: {body!r}")
+
+
+def _visit(browser: requests.Session, step: str, method: str, url: str, **kw: Any) -> requests.Response:
+    """Send one of the browser's requests, following no redirect; a connection error names the step."""
+    try:
+        return browser.request(method, url, allow_redirects=False, timeout=60, **kw)
+    except requests.RequestException as exc:
+        raise SmokeError(f"{step}: {method} {url}: {type(exc).__name__}: {exc}") from exc
 
 
 def _console_cookie(browser: requests.Session, name: str, secret: str) -> dict[str, Any]:
@@ -218,11 +228,11 @@ def _console_cookie(browser: requests.Session, name: str, secret: str) -> dict[s
     def value(cookie: str) -> str:
         raw = browser.cookies.get(cookie)
         if raw is None:
-            raise SmokeError(f"console sign-in: the console set no {cookie} cookie")
+            raise SmokeError(f"after the callback: the console set no {cookie} cookie")
         try:
             return str(URLSafeTimedSerializer(secret, salt=cookie).loads(raw))
         except BadSignature as exc:
-            raise SmokeError(f"console sign-in: cookie {cookie} does not verify under the console's cookie secret") from exc
+            raise SmokeError(f"after the callback: cookie {cookie} does not verify under the console's cookie secret") from exc
 
     text = value(name)
     if (chunks := re.fullmatch(r"chunks-(\d+)", text)) is not None:
@@ -238,11 +248,12 @@ def console_sign_in(s: SignIn) -> str:
     # st.login's button hands the browser /auth/login?provider=<a short-lived HS256 token under the cookie secret>;
     # without a websocket client, the smoke signs that token itself.
     provider = jwt.encode({"provider": "keycloak", "exp": int(time.time()) + 120}, s.cookie_secret, algorithm="HS256")
-    login = browser.get(f"{s.console}{LOGIN_ROUTE}", params={"provider": provider}, allow_redirects=False, timeout=30)
+    start = "start (Streamlit's auth route)"
+    login = _visit(browser, start, "GET", f"{s.console}{LOGIN_ROUTE}", params={"provider": provider})
     realm = f"{s.keycloak}/realms/modeldeck/protocol/openid-connect/auth"
     if login.status_code != 302 or not login.headers.get("location", "").startswith(realm + "?"):
-        raise _answer("start (Streamlit's auth route)", login, f"302 to the login page {realm}")
-    page = browser.get(login.headers["location"], allow_redirects=False, timeout=30)
+        raise _answer(start, login, f"302 to the login page {realm}")
+    page = _visit(browser, "login page", "GET", login.headers["location"])
     fields = _PasswordForm()
     fields.feed(page.text)
     form = fields.fields()
@@ -250,26 +261,27 @@ def console_sign_in(s: SignIn) -> str:
         raise _answer("login page", page, "200 with a username/password form")
     form.update(username=s.username, password=s.password)
     # The form posts to its own URL (action=""), the authorization request's query included.
-    submitted = browser.post(page.url, data=form, allow_redirects=False, timeout=30)
+    submitted = _visit(browser, "submit the credentials", "POST", page.url, data=form)
     callback = submitted.headers.get("location", "")
     if submitted.status_code != 302 or not callback.startswith(f"{s.console}{CALLBACK_ROUTE}?code="):
         raise _answer("submit the credentials", submitted, f"302 to {s.console}{CALLBACK_ROUTE}?code=...")
     # The console's server redeems the code at the back-channel token endpoint and verifies the ID token.
-    back = browser.get(callback, allow_redirects=False, timeout=60)
+    step = "callback (the console redeems the code)"
+    back = _visit(browser, step, "GET", callback)
     home = urljoin(callback, back.headers.get("location", ""))
     if back.status_code != 302 or home != f"{s.console}/" or USER_COOKIE not in back.cookies:
-        raise _answer("callback (the console redeems the code)", back,
+        raise _answer(step, back,
                       f"302 to {s.console}/ setting {USER_COOKIE} (none set: the token exchange failed; see the console's log)")
-    landing = browser.get(home, timeout=30)
+    landing = _visit(browser, "the console's page after sign-in", "GET", home)
     if landing.status_code != 200 or "<script" not in landing.text:
         raise _answer("the console's page after sign-in", landing, "200 with Streamlit's page")
     user = _console_cookie(browser, USER_COOKIE, s.cookie_secret)
     if user.get("is_logged_in") is not True or user.get("preferred_username") != s.username:
-        raise SmokeError(f"console sign-in: cookie {USER_COOKIE} holds {sorted(user)} for "
+        raise SmokeError(f"after the callback: cookie {USER_COOKIE} holds {sorted(user)} for "
                          f"{user.get('preferred_username')!r}, expected {s.username!r} signed in")
     access = _console_cookie(browser, TOKENS_COOKIE, s.cookie_secret).get("access_token")
     if not access:
-        raise SmokeError(f"console sign-in: cookie {TOKENS_COOKIE} holds no access token")
+        raise SmokeError(f"after the callback: cookie {TOKENS_COOKIE} holds no access token")
     # The console calls the API with this token: the API must take it (issuer = the public URL, keys in-network).
     api = Api(s.api, str(access))
     me = api.call("GET", "/api/v1/me")
