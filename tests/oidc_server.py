@@ -15,7 +15,11 @@ outer app in front of it that:
   authenticating clients (client_secret_post or client_secret_basic) with Keycloak's error bodies;
 * builds Keycloak-shaped access tokens and signs them with the mockup's ``KeyManager.sign_token`` (the key the
   certs endpoint publishes);
-* adds two test-only endpoints: ``POST /_test/rotate-key`` and ``POST /_test/token`` (mint with claim overrides).
+* adds two test-only endpoints: ``POST /_test/rotate-key`` and ``POST /_test/token`` (mint with claim overrides);
+* and, with ``--backchannel-dynamic``, answers discovery like Keycloak with ``KC_HOSTNAME_BACKCHANNEL_DYNAMIC=true``
+  (as compose runs it): issuer and browser-facing endpoints at ``--base-url``, back-channel endpoints (token,
+  certs, userinfo) at the host the request came in on, so a container can redeem codes at ``http://keycloak:8080``
+  for tokens whose issuer is the public URL.
 
 Everything else (realm info, login page, userinfo, logout) falls through to keycloak-mockup's own app.
 
@@ -56,6 +60,11 @@ from keycloak_mockup.crypto import KeyManager
 PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_.]*)(?::([^}]*))?\}")
 # Roles and clients every Keycloak realm has without the export naming them.
 BUILTIN_CLIENTS = {"account", "account-console", "broker", "realm-management", "security-admin-console", "admin-cli"}
+# What Keycloak's discovery answers from the request's host under KC_HOSTNAME_BACKCHANNEL_DYNAMIC=true; issuer,
+# authorization_endpoint, end_session_endpoint and the other browser-facing ones keep the public URL.
+BACKCHANNEL_ENDPOINTS = ("token_endpoint", "introspection_endpoint", "userinfo_endpoint", "jwks_uri",
+                         "revocation_endpoint", "registration_endpoint", "pushed_authorization_request_endpoint",
+                         "backchannel_authentication_endpoint", "device_authorization_endpoint")
 
 
 class SetupError(Exception):
@@ -293,7 +302,20 @@ def oauth_error(status: int, error: str, description: str) -> JSONResponse:
                         headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
 
 
-def build_app(realm: Realm, users: list[dict[str, Any]]) -> FastAPI:
+def backchannel_endpoints(doc: dict[str, Any], issuer: str, request: Request) -> dict[str, Any]:
+    """Point the back-channel endpoints of a discovery document at the host the request came in on.
+
+    Keycloak's KC_HOSTNAME_BACKCHANNEL_DYNAMIC=true: the issuer and the front-channel endpoints (the ones a
+    browser is sent to) keep the public URL; those a client's server calls directly use the request's own URL.
+    """
+    here = f"{str(request.base_url).rstrip('/')}/realms/{issuer.rsplit('/realms/', 1)[1]}"
+    for key in BACKCHANNEL_ENDPOINTS:
+        if isinstance(doc.get(key), str) and doc[key].startswith(issuer + "/"):
+            doc[key] = here + doc[key][len(issuer):]
+    return doc
+
+
+def build_app(realm: Realm, users: list[dict[str, Any]], backchannel_dynamic: bool = False) -> FastAPI:
     # keycloak-mockup keeps its state in module globals, set by its own main(); set them the same way.
     mockup.cfg = Config({"realm": realm.name, "client_id": "modeldeck-api", "base_url": realm.issuer.rsplit("/realms/", 1)[0],
                          "access_token_ttl": realm.access_ttl, "refresh_token_ttl": realm.refresh_ttl,
@@ -312,7 +334,7 @@ def build_app(realm: Realm, users: list[dict[str, Any]]) -> FastAPI:
         doc = await mockup.oidc_discovery(realm_name, request)
         doc["grant_types_supported"] = ["authorization_code", "password", "client_credentials", "refresh_token"]
         doc["code_challenge_methods_supported"] = ["plain", "S256"]
-        return doc
+        return backchannel_endpoints(doc, realm.issuer, request) if backchannel_dynamic else doc
 
     # ---- authorization-code flow: the mockup's login form, with Keycloak's checks around it -------------------
     codes: dict[str, dict[str, Any]] = {}  # code -> what the authorization request asked for
@@ -537,6 +559,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--redirect-uri", action="append", default=[], metavar="CLIENT_ID=URI",
                         help="also allow this redirect URI (or pattern ending in *) for a client, e.g. an ephemeral port")
     parser.add_argument("--access-token-ttl", type=int, help="seconds (default: the realm's accessTokenLifespan)")
+    parser.add_argument("--backchannel-dynamic", action="store_true",
+                        help="like Keycloak's KC_HOSTNAME_BACKCHANNEL_DYNAMIC=true: discovery gives the back-channel "
+                             "endpoints (token, certs, userinfo, ...) at the host a request came in on, the issuer "
+                             "and the browser-facing endpoints at --base-url")
     args = parser.parse_args(argv)
 
     try:
@@ -547,9 +573,10 @@ def main(argv: list[str] | None = None) -> None:
         check_users(users, realm, extra["role_names"])
     except (SetupError, KeyError, ValueError, OSError) as exc:
         sys.exit(f"oidc_server: {exc}")
-    app = build_app(realm, users)
+    app = build_app(realm, users, args.backchannel_dynamic)
     print(f"oidc_server: issuer {realm.issuer}, clients {sorted(realm.clients)}, "
-          f"users {[u['username'] for u in users]}, kid {realm.current.kid}", flush=True)
+          f"users {[u['username'] for u in users]}, kid {realm.current.kid}"
+          + (", back-channel endpoints at the request's host" if args.backchannel_dynamic else ""), flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
 
 

@@ -143,7 +143,8 @@ def test_api_sums_metrics_over_its_workers_and_replies_go_through_the_broker(doc
 def test_smoke_override_replaces_only_the_images_no_registry_serves(docker_env: dict[str, str], env_file: Path, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """`modeldeck compose smoke`'s override renders with the real file; our services keep their commands and checks."""
     smoke_env = tmp_path / ".env"
-    smoke_env.write_text(env_file.read_text() + "SMOKE_DEBIAN_IMAGE=d:1\nSMOKE_PYTHON_IMAGE=p:1\n")
+    smoke_env.write_text(env_file.read_text() + "SMOKE_DEBIAN_IMAGE=d:1\nSMOKE_PYTHON_IMAGE=p:1\n"
+                         "SMOKE_CONSOLE_USER=smoke-admin\nSMOKE_CONSOLE_PASSWORD=pw-1\n")
     cmd = ["docker", "compose", "-f", str(COMPOSE_DIR / "docker-compose.yml"), "-f",
            str(COMPOSE_DIR / "smoke" / "docker-compose.smoke.yml"), "--env-file", str(smoke_env), "config", "--format", "json"]
     result = subprocess.run(cmd, env=docker_env, capture_output=True, text=True, timeout=60)
@@ -157,6 +158,12 @@ def test_smoke_override_replaces_only_the_images_no_registry_serves(docker_env: 
     assert smoke["api"]["build"]["args"]["PYTHON_IMAGE"] == "p:1"
     assert smoke["api"]["environment"]["MODELDECK_MONGO_URL"] == "mongodb://mongodb:27017/"
     assert smoke["rabbitmq"]["healthcheck"] == plain["rabbitmq"]["healthcheck"]
+    # Keycloak's stand-in answers discovery like KC_HOSTNAME_BACKCHANNEL_DYNAMIC and knows the smoke's one user.
+    keycloak = smoke["keycloak"]["command"]
+    assert "--backchannel-dynamic" in keycloak and plain["keycloak"]["environment"]["KC_HOSTNAME_BACKCHANNEL_DYNAMIC"] == "true"
+    users = json.loads(keycloak[keycloak.index("--users-json") + 1])
+    assert users == [{"username": "smoke-admin", "password": "pw-1", "realm_roles": ["modeldeck-admin"]}]
+    assert smoke["keycloak"]["environment"]["MODELDECK_CONSOLE_PUBLIC_URL"] == "http://localhost:8501"
 
 
 @pytest.mark.parametrize("sources, expected", [

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import jwt as pyjwt
 import pytest
+import requests
 from jwcrypto import jwt as jwc
 from keycloak import KeycloakOpenID
 from keycloak.exceptions import KeycloakAuthenticationError, KeycloakPostError
 
-from conftest import Oidc
+from conftest import REALM_FILE, ROOT, Oidc, Proc, free_port, wait_for
 
 
 def kc(oidc: Oidc, client_id: str = "modeldeck-console", secret: str | None = None) -> KeycloakOpenID:
@@ -137,3 +143,89 @@ def test_rotate_key_changes_the_kid(oidc: Oidc) -> None:
     with pytest.raises(jwc.JWTMissingKey):  # its kid is no longer in certs
         kc(oidc).decode_token(new_token, check_claims=checks(oidc))
     kc(oidc).decode_token(oidc.password_token("alice"), check_claims=checks(oidc))
+
+
+@dataclass
+class Dynamic:
+    """An OIDC server run as compose runs Keycloak: public URL http://localhost:PUBLIC, served on 127.0.0.1:PORT."""
+
+    url: str  # where it listens (the in-network URL, as the console's and API's servers reach it)
+    public: str  # --base-url: where browsers reach it
+    console: str  # MODELDECK_CONSOLE_PUBLIC_URL, filled into the realm's redirect URIs
+    password: str
+
+
+@pytest.fixture(scope="module")
+def dynamic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dynamic]:
+    tmp = tmp_path_factory.mktemp("oidc-dynamic")
+    port, public, console = free_port(), f"http://localhost:{free_port()}", f"http://localhost:{free_port()}"
+    url, password = f"http://127.0.0.1:{port}", "pw-" + os.urandom(6).hex()
+    users = [{"username": "alice", "password": password, "realm_roles": ["modeldeck-admin"]}]
+    cmd = [sys.executable, str(ROOT / "tests" / "oidc_server.py"), "--realm-file", str(REALM_FILE), "--port", str(port),
+           "--base-url", public, "--backchannel-dynamic", "--users-json", json.dumps(users),
+           "--secrets-json", json.dumps({"MODELDECK_API_CLIENT_SECRET": "a", "MODELDECK_INTEGRATION_CLIENT_SECRET": "b"}),
+           "--direct-grant", "modeldeck-console"]
+    log = Path(tmp) / "oidc.log"
+    proc = Proc(cmd, {**os.environ, "PYTHONUNBUFFERED": "1", "MODELDECK_CONSOLE_PUBLIC_URL": console}, log)
+
+    def answers() -> bool:
+        if not proc.alive():
+            pytest.fail(f"OIDC server exited:\n{log.read_text()[-3000:]}")
+        try:
+            return requests.get(f"{url}/realms/modeldeck/.well-known/openid-configuration", timeout=1).ok
+        except requests.RequestException:
+            return False
+
+    wait_for(answers, 30, "OIDC server with --backchannel-dynamic", log)
+    yield Dynamic(url=url, public=public, console=console, password=password)
+    proc.stop()
+
+
+def discovery(base: str, host: str | None = None) -> dict[str, str]:
+    headers = {"Host": host} if host else {}
+    resp = requests.get(f"{base}/realms/modeldeck/.well-known/openid-configuration", headers=headers, timeout=10)
+    assert resp.status_code == 200, resp.text
+    return dict(resp.json())
+
+
+def test_by_default_discovery_names_the_base_url_whatever_the_host(oidc: Oidc) -> None:
+    known = discovery(oidc.url, host="keycloak:8080")
+    assert known["issuer"] == oidc.issuer
+    for key in ("authorization_endpoint", "end_session_endpoint", "token_endpoint", "jwks_uri", "userinfo_endpoint"):
+        assert known[key].startswith(oidc.issuer + "/protocol/openid-connect/"), key
+
+
+def test_backchannel_dynamic_answers_back_channel_endpoints_at_the_request_host(dynamic: Dynamic) -> None:
+    """KC_HOSTNAME_BACKCHANNEL_DYNAMIC: a browser is sent to the public URL, a server calls the host it asked."""
+    issuer = f"{dynamic.public}/realms/modeldeck"
+    for base, host in ((dynamic.url, None), (dynamic.url, "keycloak:8080")):
+        known = discovery(base, host)
+        here = f"http://{host}" if host else dynamic.url
+        assert known["issuer"] == issuer
+        assert known["authorization_endpoint"] == f"{issuer}/protocol/openid-connect/auth"
+        assert known["end_session_endpoint"] == f"{issuer}/protocol/openid-connect/logout"
+        for key, path in (("token_endpoint", "token"), ("jwks_uri", "certs"), ("userinfo_endpoint", "userinfo")):
+            assert known[key] == f"{here}/realms/modeldeck/protocol/openid-connect/{path}", key
+
+
+def test_backchannel_tokens_name_the_public_issuer_and_verify_against_in_network_keys(dynamic: Dynamic) -> None:
+    """What the API does in compose: keys from http://keycloak:8080, iss checked against the public URL."""
+    known = discovery(dynamic.url)
+    resp = requests.post(known["token_endpoint"], timeout=10, data={
+        "grant_type": "password", "client_id": "modeldeck-console", "username": "alice", "password": dynamic.password})
+    assert resp.status_code == 200, resp.text
+    in_network = KeycloakOpenID(server_url=dynamic.url, realm_name="modeldeck", client_id="modeldeck-console")
+    claims = in_network.decode_token(resp.json()["access_token"],
+                                     check_claims={"iss": f"{dynamic.public}/realms/modeldeck", "aud": "modeldeck-api", "exp": None})
+    assert claims["realm_access"]["roles"] == ["modeldeck-admin"]
+
+
+def test_the_realm_allows_the_console_public_url_as_redirect(dynamic: Dynamic) -> None:
+    """The realm file's ${MODELDECK_CONSOLE_PUBLIC_URL:http://localhost:8501}/* follows the variable at import."""
+    auth = f"{dynamic.url}/realms/modeldeck/protocol/openid-connect/auth"
+    params = {"client_id": "modeldeck-console", "response_type": "code", "scope": "openid", "state": "s",
+              "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM", "code_challenge_method": "S256"}
+    page = requests.get(auth, params={**params, "redirect_uri": f"{dynamic.console}/oauth2callback"}, timeout=10)
+    assert page.status_code == 200 and 'name="password"' in page.text
+    refused = requests.get(auth, params={**params, "redirect_uri": "http://localhost:8501/oauth2callback"}, timeout=10)
+    assert (refused.status_code, refused.text) == (400, "Invalid parameter: redirect_uri")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -37,6 +38,7 @@ BUILT = ["modeldeck:latest", "modeldeck-smoke/stand-ins:latest", "modeldeck-smok
 SYNC_PREDICTIONS = 24
 ADMIN_KEY_ATTEMPTS = 3
 SECRET_STEP = "admin key (exec api modeldeck admin-key)"  # its result is a secret: never printed whole
+CONSOLE_USER = "smoke-admin"  # the stand-in's one user (realm role modeldeck-admin); its password is generated
 # Run inside the api container: each gunicorn process's own count, from prometheus-client's files for it.
 COUNT_BY_PID = """
 import glob, json, os, re, sys
@@ -58,6 +60,7 @@ class Smoke:
         self.engine = engine
         self.logs = logs
         self.ports = ports
+        self.env_file = env_file
         self.compose = [*engine.compose, "-p", PROJECT, "-f", str(COMPOSE_FILE), "-f", str(OVERRIDE),
                         "--env-file", str(env_file)]
         self.started = time.monotonic()
@@ -175,7 +178,22 @@ def checks_through_ports(smoke: Smoke) -> None:
     smoke.step("asynchronous prediction (?async=true job)", lambda: f"job {checks.predict_async(api)} succeeded")
     smoke.step("scale worker-cpu to 2", lambda: smoke.scale_workers(api))
     smoke.step("console page", lambda: checks.console_page(f"http://127.0.0.1:{smoke.ports['console']}"))
+    smoke.step("console sign-in", lambda: checks.console_sign_in(sign_in(smoke)))
     smoke.step("restart rabbitmq, predictions recover", lambda: smoke.restart_broker(api))
+
+
+def sign_in(smoke: Smoke) -> checks.SignIn:
+    """Describe the console sign-in from the .env the stack runs with: public URLs, the user, the cookie secret."""
+    env = read_env(smoke.env_file)
+    return checks.SignIn(console=env["MODELDECK_CONSOLE_PUBLIC_URL"], keycloak=env["KEYCLOAK_PUBLIC_URL"],
+                         api=f"http://127.0.0.1:{smoke.ports['api']}", username=env["SMOKE_CONSOLE_USER"],
+                         password=env["SMOKE_CONSOLE_PASSWORD"], cookie_secret=env["MODELDECK_CONSOLE_COOKIE_SECRET"])
+
+
+def read_env(path: Path) -> dict[str, str]:
+    """Read the NAME=value lines of a .env (as written here: no quotes, no expansion)."""
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line and not line.startswith("#"))
+    return {name.strip(): value.strip() for name, value in pairs}
 
 
 def free_port() -> int:
@@ -192,6 +210,7 @@ def write_env(path: Path, ports: dict[str, int], debian: str, python: str) -> No
         f.write(f"MODELDECK_API_PORT={ports['api']}\nMODELDECK_CONSOLE_PORT={ports['console']}\n"
                 f"KEYCLOAK_PORT={ports['keycloak']}\nKEYCLOAK_PUBLIC_URL=http://localhost:{ports['keycloak']}\n"
                 f"MODELDECK_CONSOLE_PUBLIC_URL=http://localhost:{ports['console']}\n"
+                f"SMOKE_CONSOLE_USER={CONSOLE_USER}\nSMOKE_CONSOLE_PASSWORD={secrets.token_urlsafe(24)}\n"
                 f"SMOKE_DEBIAN_IMAGE={debian}\nSMOKE_PYTHON_IMAGE={python}\n")
 
 
