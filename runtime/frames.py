@@ -10,11 +10,16 @@ import pandas as pd
 from server.core.models_repo import FieldSpec
 
 # pandas 3 reads text columns as its "str" dtype (NaN for missing); pandas 2 as object holding None. A model
-# fitted in a notebook saw what that notebook's pandas made, so strings follow the installed pandas. On pandas 3
-# the "str" dtype with Python storage: the same values and missing marker as the pyarrow-backed default, built
-# 4x faster for a few rows and read faster by scikit-learn's encoders, which iterate the values.
-_STRING_DTYPE: Any = (pd.StringDtype("python", na_value=np.nan) if int(pd.__version__.split(".")[0]) >= 3
-                      else object)
+# fitted in a notebook saw what that notebook's pandas made, so strings follow the installed pandas.
+_PANDAS3 = int(pd.__version__.split(".")[0]) >= 3
+_STRING_DTYPE: Any = pd.StringDtype("python", na_value=np.nan) if _PANDAS3 else object
+if _PANDAS3:
+    # With pyarrow installed (batch scoring needs it) pandas 3 backs every inferred string, column labels and
+    # the Index objects scikit-learn builds inside a pipeline included, with pyarrow, which is slower a few rows
+    # at a time: a 1-row ColumnTransformer pipeline's predict_proba took 3.9 ms against 3.2 ms with Python
+    # storage (docs/performance.md). Same values, same NaN: what pandas 3 does in a notebook without pyarrow.
+    # This module is imported by workers only, which build every model input here.
+    pd.set_option("mode.string_storage", "python")
 
 
 def _column(values: tuple[Any, ...], spec: FieldSpec | None) -> Any:

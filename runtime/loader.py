@@ -187,7 +187,8 @@ def preload_libraries() -> None:
     with IMPORT_LOCK:
         import_skops_io()  # first: scikit-learn's package walk must not pull torch in (server/core/lean_imports.py)
     for module in ("sklearn.linear_model", "sklearn.ensemble", "sklearn.tree", "sklearn.pipeline",
-                   "sklearn.preprocessing", "sklearn.svm", "sklearn.neighbors", "onnxruntime", "joblib"):
+                   "sklearn.preprocessing", "sklearn.svm", "sklearn.neighbors", "onnxruntime", "joblib",
+                   "runtime.frames"):
         with IMPORT_LOCK:
             try:
                 importlib.import_module(module)
