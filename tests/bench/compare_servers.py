@@ -719,8 +719,11 @@ def measure_all(servers: list[Server], row: list[float], batch: list[list[float]
     for server in live:
         if server.pipeline is not None:
             one, many = PIPELINE_RUNS
-            runs[f"{server.result.name} {one}"] = (server.pipeline, PIPELINE_ROWS[:1], args.n_pipeline)
-            runs[f"{server.result.name} {many}"] = (server.pipeline, PIPELINE_ROWS, args.n_pipeline_batch)
+            # 0 leaves a run out (for comparisons with a checkout whose benchmark had no pipeline).
+            if args.n_pipeline:
+                runs[f"{server.result.name} {one}"] = (server.pipeline, PIPELINE_ROWS[:1], args.n_pipeline)
+            if args.n_pipeline_batch:
+                runs[f"{server.result.name} {many}"] = (server.pipeline, PIPELINE_ROWS, args.n_pipeline_batch)
     print(f"Latency, interleaved: {', '.join(runs)} in {args.rounds} rounds (warm-up {args.warmup} each, "
           f"{args.block_warmup} more unmeasured at the start of each block)", flush=True)
     processes = {server.result.name: server.processes() for server in live}
@@ -859,8 +862,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of each throughput run")
     parser.add_argument("--n-batch", type=int, default=300, help="measured 100-row requests (ModelDeck)")
-    parser.add_argument("--n-pipeline", type=int, default=1000, help="measured 1-row predict_proba requests to the pipeline")
-    parser.add_argument("--n-pipeline-batch", type=int, default=200, help="measured 1,000-row predict_proba requests")
+    parser.add_argument("--n-pipeline", type=int, default=1000, help="measured 1-row predict_proba requests to the pipeline (0: none)")
+    parser.add_argument("--n-pipeline-batch", type=int, default=200, help="measured 1,000-row predict_proba requests (0: none)")
     parser.add_argument("--rounds", type=int, default=10, help="blocks each server's latency requests are split into")
     parser.add_argument("--block-warmup", type=int, default=10, help="unmeasured requests at the start of each block")
     parser.add_argument("--skip-bentoml", action="store_true")
