@@ -28,6 +28,7 @@ import zipfile
 from pathlib import Path
 
 import orjson
+from cryptography.fernet import Fernet
 import psutil
 import pymongo
 import requests
@@ -174,7 +175,9 @@ def main() -> int:
     mongo_port, api_port = free_port(), free_port()
     env = {**os.environ, "MODELDECK_HOME": str(tmp), "MODELDECK_EMBEDDED_MONGO_PORT": str(mongo_port),
            "MODELDECK_MONGO_URL": "", "MODELDECK_QUEUE_PREFIX": f"bench-genai-{os.getpid()}.",
-           "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+           "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
+           # The API signs its audit trail with a key derived from this one (docs/security.md#audit-trail).
+           "MODELDECK_SECRET_KEY": Fernet.generate_key().decode()}
     procs: list[subprocess.Popen] = []
     logs = open(tmp / "processes.log", "ab")  # noqa: SIM115
     try:
