@@ -80,3 +80,33 @@ def test_a_kept_alive_connections_next_request_is_served_by_the_lingering_thread
             assert _read_responses(sock, 1)[0][0].startswith(b"HTTP/1.1 200")
     served = _lingered(api_url, admin_key) - before
     assert served >= 10, f"only {served:.0f} of 19 follow-up requests were served by the lingering thread"
+
+
+def test_gunicorns_response_takes_its_date_header_from_the_workers_once_a_second_formatter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the worker installs at start (gunicorn.util.http_date = _http_date) must reach the Date header that
+    gunicorn's own Response writes: if gunicorn stopped calling util.http_date() there, the cache would do nothing."""
+    from types import SimpleNamespace
+
+    from gunicorn import util
+    from gunicorn.http.wsgi import Response
+
+    from server.http import gunicorn_worker
+
+    monkeypatch.setattr(util, "http_date", gunicorn_worker._http_date)  # gunicorn's module, as init_process does
+    saved = gunicorn_worker._date
+    try:
+        for _ in range(3):  # a second may turn between setting the cache and reading the header
+            gunicorn_worker._date = (int(time.time()), "Cached, 01 Jan 2000 00:00:00 GMT")
+            resp = Response(SimpleNamespace(version=(1, 1), should_close=lambda: False, method="GET"), None, None)
+            resp.status, resp.response_length = "200 OK", 0
+            if int(time.time()) == gunicorn_worker._date[0]:
+                assert "Date: Cached, 01 Jan 2000 00:00:00 GMT\r\n" in resp.default_headers()
+                break
+        else:
+            pytest.fail("the clock turned a second three times in a row")
+        # Past the second it was cached for, the value is formatted anew, as gunicorn would.
+        gunicorn_worker._date = (0, "stale")
+        fresh = gunicorn_worker._http_date()
+        assert fresh != "stale" and fresh.endswith(" GMT") and gunicorn_worker._date[0] > 0
+    finally:
+        gunicorn_worker._date = saved

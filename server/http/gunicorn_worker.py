@@ -8,22 +8,30 @@ worker keeps the connection on its thread for up to ``LINGER_S`` and, if a reque
 most half of the worker's threads linger at once, so a quiet connection never keeps a new request waiting.
 Everything else (body streaming, timeouts, keep-alive limits, graceful shutdown) is gthread's own code.
 
+Two smaller savings per request: the worker reads its settings through ``_StaticConfig`` (each read once instead
+of through Config's lookup every time) and formats the Date header once a second (``_http_date``). Measured in a
+head-to-head run of both checkouts (tests/bench/ab_checkouts.py, docs/performance.md), they are worth a few percent.
+
 It leans on gthread's internals: ``handle()`` returning True for a kept-alive connection, the pool's
-``_work_queue``, ``conn.parser.unreader`` and ``conn.is_http2``. gunicorn is pinned to the tested minor version,
-the worker checks these at start and logs an error (serving as plain gthread) when one is missing, and
+``_work_queue``, ``conn.parser.unreader``, ``conn.is_http2``, and ``Response.default_headers`` calling
+``util.http_date()``. gunicorn is pinned to the tested minor version, the worker checks these at start and logs an
+error (serving as plain gthread, with gunicorn's own Date) when one is missing, and
 ``modeldeck_http_lingered_requests_total`` counts the requests served by lingering, which
-tests/test_gunicorn_worker.py asserts. Use: ``gunicorn --worker-class server.http.gunicorn_worker.LingeringThreadWorker``.
+tests/test_gunicorn_worker.py asserts; it also asserts that a response's Date comes from ``_http_date``. Use: ``gunicorn --worker-class server.http.gunicorn_worker.LingeringThreadWorker``.
 """
 
 from __future__ import annotations
 
 import select
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from gunicorn import util
 from gunicorn.http.unreader import Unreader
+from gunicorn.http.wsgi import Response
 from gunicorn.workers.gthread import ThreadWorker
 from prometheus_client import Counter
 
@@ -59,7 +67,40 @@ def internals_missing() -> list[str]:
         missing.append("gunicorn.http.unreader.Unreader.buf")
     if "_keepalive_after" not in ThreadWorker.handle.__code__.co_names:
         missing.append("ThreadWorker.handle() returning _keepalive_after(...)")
+    if not {"util", "http_date"} <= set(Response.default_headers.__code__.co_names):
+        missing.append("gunicorn.http.wsgi.Response.default_headers() calling util.http_date()")
     return missing
+
+
+class _StaticConfig:
+    """A worker's gunicorn settings, each read once: Config answers every read through ``__getattr__`` and
+    ``Setting.get``, a few dozen reads per request, and a worker's settings do not change after it starts (a
+    reload starts new workers)."""
+
+    def __init__(self, cfg: Any) -> None:
+        object.__setattr__(self, "_cfg", cfg)
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._cfg, name)
+        object.__setattr__(self, name, value)
+        return value
+
+
+_date = (0, "")
+_format_date = util.http_date
+
+
+def _http_date(timestamp: float | None = None) -> str:
+    """gunicorn's Date header value, formatted once a second (it has one-second resolution)."""
+    global _date
+    if timestamp is not None:
+        return _format_date(timestamp)
+    now = int(time.time())
+    second, text = _date
+    if second != now:
+        text = _format_date(now)
+        _date = (now, text)
+    return text
 
 
 class LingeringThreadWorker(ThreadWorker):
@@ -93,6 +134,10 @@ class LingeringThreadWorker(ThreadWorker):
             self._linger_on = False
             self.log.error("the installed gunicorn lacks what LingeringThreadWorker needs (%s): serving as plain "
                            "gthread; install the gunicorn version pyproject.toml pins", ", ".join(missing))
+        else:
+            self.cfg = _StaticConfig(self.cfg)
+            self.log.cfg = _StaticConfig(self.log.cfg)  # its access() reads several settings per request
+            util.http_date = _http_date  # in this worker process only, after the fork
         LingeringThreadWorker.lingered = _lingered_counter()
         super().init_process()
 
