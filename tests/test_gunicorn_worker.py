@@ -82,9 +82,9 @@ def test_a_kept_alive_connections_next_request_is_served_by_the_lingering_thread
     assert served >= 10, f"only {served:.0f} of 19 follow-up requests were served by the lingering thread"
 
 
-def test_gunicorns_response_takes_its_date_header_from_the_workers_once_a_second_formatter(monkeypatch: pytest.MonkeyPatch) -> None:
-    """What the worker installs at start (gunicorn.util.http_date = _http_date) must reach the Date header that
-    gunicorn's own Response writes: if gunicorn stopped calling util.http_date() there, the cache would do nothing."""
+def test_gunicorns_response_takes_its_date_header_from_the_workers_once_a_second_formatter() -> None:
+    """What the worker installs at start (install_date_cache) must reach the Date header that gunicorn's own
+    Response writes: if gunicorn stopped calling util.http_date() there, the cache would do nothing."""
     from types import SimpleNamespace
 
     from gunicorn import util
@@ -92,9 +92,10 @@ def test_gunicorns_response_takes_its_date_header_from_the_workers_once_a_second
 
     from server.http import gunicorn_worker
 
-    monkeypatch.setattr(util, "http_date", gunicorn_worker._http_date)  # gunicorn's module, as init_process does
+    previous = gunicorn_worker.install_date_cache()
     saved = gunicorn_worker._date
     try:
+        assert util.http_date is gunicorn_worker._http_date
         for _ in range(3):  # a second may turn between setting the cache and reading the header
             gunicorn_worker._date = (int(time.time()), "Cached, 01 Jan 2000 00:00:00 GMT")
             resp = Response(SimpleNamespace(version=(1, 1), should_close=lambda: False, method="GET"), None, None)
@@ -110,3 +111,4 @@ def test_gunicorns_response_takes_its_date_header_from_the_workers_once_a_second
         assert fresh != "stale" and fresh.endswith(" GMT") and gunicorn_worker._date[0] > 0
     finally:
         gunicorn_worker._date = saved
+        util.http_date = previous  # this test process is no gunicorn worker

@@ -27,7 +27,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from gunicorn import util
 from gunicorn.http.unreader import Unreader
@@ -90,6 +90,13 @@ _date = (0, "")
 _format_date = util.http_date
 
 
+def install_date_cache() -> Callable[..., str]:
+    """Make gunicorn format its Date header through _http_date in this process; return what it used before."""
+    previous = util.http_date
+    util.http_date = _http_date
+    return previous
+
+
 def _http_date(timestamp: float | None = None) -> str:
     """gunicorn's Date header value, formatted once a second (it has one-second resolution)."""
     global _date
@@ -137,7 +144,7 @@ class LingeringThreadWorker(ThreadWorker):
         else:
             self.cfg = _StaticConfig(self.cfg)
             self.log.cfg = _StaticConfig(self.log.cfg)  # its access() reads several settings per request
-            util.http_date = _http_date  # in this worker process only, after the fork
+            install_date_cache()  # in this worker process only, after the fork
         LingeringThreadWorker.lingered = _lingered_counter()
         super().init_process()
 
