@@ -98,11 +98,27 @@ def test_with_the_broker_reply_queue_unread_a_prediction_is_still_answered_strai
     router.start()
     try:
         assert router.call("cpu", iris_request, 10.0, "direct-0").outcome.ok
-        caller = router._caller()
+        caller = router._caller()[0]
         caller.channel.basic_cancel(caller.consumer_tag)  # answers through the broker now stay in its queue, unread
         for i in range(1, 4):
             reply = router.call("cpu", iris_request, 10.0, f"direct-{i}")
             assert reply.task_id.startswith(f"direct-{i}.") and reply.outcome.predictions == [0], reply
+    finally:
+        router.stop()
+
+
+def test_a_kept_broker_connection_that_died_unnoticed_is_replaced_once_and_the_call_answered(
+        stack: Stack, iris_request: wire.PredictRequest) -> None:
+    router = Router(stack.settings.broker_url, stack.settings.queue_prefix, None)
+    router.start()
+    try:
+        assert router.call("cpu", iris_request, 10.0, "kept-0").outcome.ok
+        dead = router._caller()[0]
+        # As a broker restart between two calls of this thread leaves it: the socket is gone, py-amqp does not know.
+        dead.conn.sock.shutdown(socket.SHUT_RDWR)
+        reply = router.call("cpu", iris_request, 10.0, "kept-1")
+        assert reply.outcome.ok and reply.outcome.predictions == [0], reply
+        assert router._caller()[0] is not dead
     finally:
         router.stop()
 
@@ -114,7 +130,7 @@ def test_without_direct_replies_an_unread_reply_queue_times_the_call_out(
     router.start()
     try:
         assert router.call("cpu", iris_request, 10.0, "broker-0").outcome.ok
-        caller = router._caller()
+        caller = router._caller()[0]
         caller.channel.basic_cancel(caller.consumer_tag)
         with pytest.raises(GatewayTimeoutError):
             router.call("cpu", iris_request, 2.0, "broker-1")
@@ -127,7 +143,7 @@ def test_a_worker_that_cannot_reach_the_callers_listener_answers_through_the_bro
     router = Router(stack.settings.broker_url, stack.settings.queue_prefix, "127.0.0.1")
     router.start()
     try:
-        caller = router._caller()
+        caller = router._caller()[0]
         assert caller.listener is not None
         # Name a port nobody listens on, as a firewall between worker and API would make it: the worker's connect
         # fails and the answer takes the broker's reply queue, which the caller reads at the same time.

@@ -115,7 +115,10 @@ def test_broker_restart_under_load_fails_fast_then_recovers_on_the_same_processe
     # Nothing else failed: the only non-200s are 503s from around the outage.
     assert {code for _, code, _, _ in outcomes} <= {200, 503}
     after = [o for o in outcomes if o[0] >= back + first_success]
-    assert after and all(code == 200 for _, code, _, _ in after), sorted({(c, m) for _, c, _, m in after})
+    broker_lines = [line for line in api.log.read_text(errors="replace").splitlines() if "broker" in line]
+    assert after and all(code == 200 for _, code, _, _ in after), (
+        sorted({(c, m) for _, c, _, m in after}), [f"{s - back:+.3f} s: {c}" for s, c, _, _ in after if c != 200],
+        broker_lines[-20:])
     assert first_success < 10, f"first success {first_success:.1f} s after the broker answered again"
     print(f"broker outage: {len(during)} requests answered 503 in at most "
           f"{max(took for _, _, took, _ in during) * 1000:.0f} ms; first success {first_success:.1f} s after it returned")

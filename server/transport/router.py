@@ -9,7 +9,8 @@ One I/O thread per API process owns a connection that receives change events bro
 tells whether the broker is up; durable job messages and broadcasts go out on one publisher connection with
 publisher confirms. While the broker is away, calls fail at once with 503 (a check of the I/O thread's connection
 state, no retries on the request thread); the I/O thread reconnects by itself, and request threads and the
-publisher open fresh connections once it is back.
+publisher open fresh connections once it is back. A thread's kept connection that died unnoticed while the I/O
+thread says the broker is up is replaced once before the call answers 503.
 """
 
 from __future__ import annotations
@@ -218,24 +219,26 @@ class Router:
             handler(event)
 
     # -- request side ----------------------------------------------------------------------
-    def _caller(self) -> _Caller:
-        """Return this thread's connection, opening it on first use or after the broker came back."""
+    def _caller(self) -> tuple[_Caller, bool]:
+        """Return this thread's connection and whether it was kept from an earlier call; open it on first use or
+        after the broker came back."""
         caller: _Caller | None = getattr(self._local, "caller", None)
         now = time.monotonic()
         if (caller is not None and caller.generation == self._generation and caller.conn.connected
                 and now - caller.used < _CALLER_IDLE_S):
             caller.used = now
-            return caller
+            return caller, True
         if caller is not None:
             self._drop_caller(caller)
         try:
             caller = _Caller(self._address, self._generation, self._reply_host, self._reply_limits)
         except Exception as exc:  # the broker went away between the state check and here
+            logger.warning("could not open this thread's broker connection: %r", exc)
             raise UnavailableError(BROKER_DOWN) from exc
         with self._callers_lock:
             self._callers.add(caller)
         self._local.caller = caller
-        return caller
+        return caller, False
 
     def _drop_caller(self, caller: _Caller) -> None:
         caller.close()
@@ -243,27 +246,42 @@ class Router:
         with self._callers_lock:
             self._callers.discard(caller)
 
-    def call(self, pool: str, request: wire.PredictRequest, timeout_s: float, request_id: str) -> wire.Reply:
-        """Send a prediction to a pool's queue and wait for its reply, at most timeout_s, on this thread."""
-        if not self._connected.is_set():
-            raise UnavailableError(BROKER_DOWN)
-        caller = self._caller()
-        task_id = request_id + "." + uuid.uuid4().hex[:8]
-        body, headers = task_message(wire.PREDICT_TASK, request.to_args(), task_id, sync=True, expires_s=timeout_s)
+    def _send_call(self, caller: _Caller, queue: str, body: bytes, headers: dict[str, Any], task_id: str) -> None:
+        """Publish a prediction on the thread's connection, replies to its queue or its listener."""
         if caller.listener is not None:
             headers[wire.HEADER_REPLY_ADDRESS] = caller.listener.address
             headers[wire.HEADER_REPLY_KEY] = caller.listener.key
         message = amqp.Message(body, content_type="application/json", content_encoding="utf-8", correlation_id=task_id,
                                reply_to=caller.reply_queue, delivery_mode=1, priority=0, application_headers=headers)
+        if queue not in caller.declared:
+            caller.channel.queue_declare(queue=queue, **POOL_QUEUE_ARGS)
+            caller.declared.add(queue)
+        caller.channel.basic_publish(message, exchange="", routing_key=queue)
+
+    def call(self, pool: str, request: wire.PredictRequest, timeout_s: float, request_id: str) -> wire.Reply:
+        """Send a prediction to a pool's queue and wait for its reply, at most timeout_s, on this thread."""
+        if not self._connected.is_set():
+            raise UnavailableError(BROKER_DOWN)
+        caller, kept = self._caller()
+        task_id = request_id + "." + uuid.uuid4().hex[:8]
+        body, headers = task_message(wire.PREDICT_TASK, request.to_args(), task_id, sync=True, expires_s=timeout_s)
         queue = self._prefix + pool
         try:
-            if queue not in caller.declared:
-                caller.channel.queue_declare(queue=queue, **POOL_QUEUE_ARGS)
-                caller.declared.add(queue)
-            caller.channel.basic_publish(message, exchange="", routing_key=queue)
+            self._send_call(caller, queue, body, headers, task_id)
         except Exception as exc:
+            logger.warning("could not send to queue %s on this thread's broker connection: %r", queue, exc)
             self._drop_caller(caller)
-            raise UnavailableError(BROKER_DOWN) from exc
+            if not kept or not self._connected.is_set():
+                raise UnavailableError(BROKER_DOWN) from exc
+            # A kept connection that died unnoticed (the broker restarted between two calls of this thread) while
+            # the I/O thread says the broker is up: one fresh connection, then 503.
+            caller, _ = self._caller()
+            try:
+                self._send_call(caller, queue, body, headers, task_id)
+            except Exception as exc2:
+                logger.warning("could not send to queue %s on a fresh broker connection: %r", queue, exc2)
+                self._drop_caller(caller)
+                raise UnavailableError(BROKER_DOWN) from exc2
         deadline = time.monotonic() + timeout_s
         replies = caller.replies
         try:
