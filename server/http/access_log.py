@@ -2,17 +2,23 @@
 
 Successful health probes and metric scrapes are left out: they come every few seconds and would bury the rest.
 
-Each line is written once the answer's last byte is out (``call_on_close``), so logging is not part of the
-caller's wait and the duration includes sending the answer. ``MODELDECK_ACCESS_LOG`` picks ``text`` (key=value
-after the API log's usual prefix), ``json`` (one JSON object per line, for log shippers) or ``off``.
+Each entry is taken once the answer's last byte is out (``call_on_close``), so the duration includes sending the
+answer, and queued; one thread per process writes the queue through ``logging`` every ``FLUSH_S`` (and at exit),
+with each entry's own time. The request thread only reads its fields and appends them: writing a line on it cost
+about a tenth of the API's CPU per prediction (docs/performance.md). ``MODELDECK_ACCESS_LOG`` picks ``text``
+(key=value after the API log's usual prefix), ``json`` (one JSON object per line, for log shippers) or ``off``.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
 import re
 import sys
+import threading
 import time
+from collections import deque
 from datetime import datetime, timezone
 from typing import Callable
 
@@ -56,16 +62,61 @@ def format_text(request_id: str, client: str, credential: str, method: str, path
 
 
 def format_json(request_id: str, client: str, credential: str, method: str, path: str, status: int,
-                duration_ms: float, model: str | None, version: int | None) -> str:
-    """Render a request as one JSON object, with its time."""
-    stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+                duration_ms: float, model: str | None, version: int | None, created: float | None = None) -> str:
+    """Render a request as one JSON object, with its time (created, else now)."""
+    when = datetime.now(timezone.utc) if created is None else datetime.fromtimestamp(created, timezone.utc)
+    stamp = when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
     return orjson.dumps(dict(zip(FIELDS, (stamp, request_id, client, credential, method, path, status, duration_ms,
                                           model, version)))).decode()
 
 
-def _write(formatter: Callable[..., str], started: float, fields: tuple[object, ...]) -> None:
-    # Built as one string and handed to the logger without %-arguments: this runs for every request.
-    logger.info(formatter(*fields[:6], round((time.perf_counter() - started) * 1000, 2), *fields[6:]))
+FLUSH_S = 0.1  # how long an entry may wait in the queue before its line is written
+_Entry = tuple[Callable[..., str], float, float, tuple[object, ...]]  # formatter, time, duration_ms, fields
+_queue: deque[_Entry] = deque()  # appended by request threads, emptied by the writer (both atomic)
+_writer_pid = 0  # the process whose writer thread runs (a fork has none until its first entry)
+_writer_lock = threading.Lock()
+
+
+def _take(formatter: Callable[..., str], started: float, fields: tuple[object, ...]) -> None:
+    """Queue a request's entry, now that its answer is out."""
+    _queue.append((formatter, time.time(), round((time.perf_counter() - started) * 1000, 2), fields))
+    if _writer_pid != os.getpid():
+        _start_writer()
+
+
+def _start_writer() -> None:
+    global _writer_pid
+    with _writer_lock:
+        if _writer_pid == os.getpid():
+            return
+        _writer_pid = os.getpid()
+        threading.Thread(target=_write_forever, name="modeldeck-access-log", daemon=True).start()
+        atexit.register(flush)
+
+
+def _write_forever() -> None:
+    while True:
+        time.sleep(FLUSH_S)
+        try:
+            flush()
+        except Exception:  # a broken handler must not stop the writer: logging reports its own errors
+            pass
+
+
+def flush() -> None:
+    """Write every queued entry's line, each with the time its answer went out."""
+    while _queue:
+        try:
+            formatter, created, duration_ms, fields = _queue.popleft()
+        except IndexError:  # emptied by the other flusher (the writer and atexit)
+            return
+        if formatter is format_json:
+            line = format_json(*fields[:6], duration_ms, *fields[6:], created=created)  # type: ignore[arg-type]
+        else:
+            line = formatter(*fields[:6], duration_ms, *fields[6:])
+        record = logger.makeRecord(logger.name, logging.INFO, __file__, 0, line, None, None)
+        record.created, record.msecs = created, (created - int(created)) * 1000
+        logger.handle(record)
 
 
 def _json_handler() -> logging.Handler:
@@ -95,13 +146,15 @@ def install(app: Flask, fmt: str) -> None:
 
     @app.after_request
     def _log_on_close(resp: Response) -> Response:
-        if resp.status_code == 200 and request.path in _PROBES:
+        req, ctx = request._get_current_object(), g._get_current_object()  # type: ignore[attr-defined]
+        path = req.path
+        if resp.status_code == 200 and path in _PROBES:
             return resp
-        principal = g.get("principal")
-        model = (request.view_args or {}).get("name") if request.blueprint in _MODEL_BLUEPRINTS else None
-        fields = (g.get("request_id") or request_id(), request.remote_addr or "-",
-                  principal.subject if principal is not None else "-", request.method, request.path,
-                  resp.status_code, model, g.get("access_version"))  # the duration is measured once the answer is out
-        # Written with the request's other deferred work, once the answer's last byte is out (app.py runs it).
-        after_response(_write, formatter, g.get("access_started", time.perf_counter()), fields)
+        principal = ctx.get("principal")
+        model = (req.view_args or {}).get("name") if req.blueprint in _MODEL_BLUEPRINTS else None
+        fields = (ctx.get("request_id") or request_id(), req.remote_addr or "-",
+                  principal.subject if principal is not None else "-", req.method, path,
+                  resp.status_code, model, ctx.get("access_version"))  # the duration is measured once the answer is out
+        # Queued with the request's other deferred work, once the answer's last byte is out (app.py runs it).
+        after_response(_take, formatter, ctx.get("access_started", time.perf_counter()), fields)
         return resp
