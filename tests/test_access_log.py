@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import IRIS_FEATURES, IRIS_SCHEMA, Client, Proc, Stack, start_api, unique
+from conftest import IRIS_FEATURES, IRIS_SCHEMA, ROOT, Client, Proc, Stack, start_api, unique
 
 _TEXT_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO \d+ modeldeck.access (?P<fields>.*)$")
 _TEXT_FIELD = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
@@ -93,3 +95,33 @@ def test_each_request_has_one_access_line_with_who_what_status_and_time(
     text = log.read_text()
     for secret in (admin.key, service.key, bad_key, "forty-two"):
         assert secret and secret not in text
+
+
+
+_EXIT_RIGHT_AFTER_A_REQUEST = """
+import logging, sys
+logging.basicConfig(level=logging.INFO, filename=sys.argv[1], format="%(asctime)s %(levelname)s %(process)d %(name)s %(message)s")
+from functools import partial
+from flask import Flask, g
+from server.http import access_log
+from server.services.request_scope import run_after_response
+app = Flask("exit")
+app.add_url_rule("/x", "x", lambda: "ok")
+
+@app.after_request
+def deferred(resp):  # as server/http/app.py runs the request's deferred work once the answer is out
+    pending = g.pop("after_response", None)
+    if pending:
+        resp.call_on_close(partial(run_after_response, pending))
+    return resp
+
+access_log.install(app, "text")
+app.test_client().get("/x", headers={"X-Request-ID": sys.argv[2]}).close()
+"""
+
+
+def test_a_line_queued_just_before_the_process_exits_is_still_written(tmp_path: Path) -> None:
+    """Lines are written by a thread every 0.1 s; the ones still queued are written as the process exits."""
+    log, rid = tmp_path / "api.log", f"access-exit-{uuid.uuid4().hex[:8]}"
+    subprocess.run([sys.executable, "-c", _EXIT_RIGHT_AFTER_A_REQUEST, str(log), rid], cwd=ROOT, check=True, timeout=60)
+    assert [line for line in log.read_text().splitlines() if rid in line and "modeldeck.access" in line], log.read_text()
