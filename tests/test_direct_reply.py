@@ -10,6 +10,8 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import orjson
 import pytest
@@ -85,6 +87,17 @@ def test_an_address_the_api_cannot_listen_on_is_refused_at_start_with_the_variab
         resolve_host("192.0.2.1")  # TEST-NET-1: never an address of this machine
 
 
+@contextmanager
+def started_router(stack: Stack, reply_host: str | None) -> Iterator[Router]:
+    """A router of this test's own on the shared stack's broker (direct replies to reply_host, else none)."""
+    router = Router(stack.settings.broker_url, stack.settings.queue_prefix, reply_host)
+    router.start()
+    try:
+        yield router
+    finally:
+        router.stop()
+
+
 @pytest.fixture(scope="module")
 def iris_request(stack: Stack, worker: Proc, tight_api: Client, iris_skops: bytes) -> wire.PredictRequest:
     name = unique("direct")
@@ -94,24 +107,18 @@ def iris_request(stack: Stack, worker: Proc, tight_api: Client, iris_skops: byte
 
 def test_with_the_broker_reply_queue_unread_a_prediction_is_still_answered_straight_to_the_caller(
         stack: Stack, iris_request: wire.PredictRequest) -> None:
-    router = Router(stack.settings.broker_url, stack.settings.queue_prefix, "127.0.0.1")
-    router.start()
-    try:
+    with started_router(stack, "127.0.0.1") as router:
         assert router.call("cpu", iris_request, 10.0, "direct-0").outcome.ok
         caller = router._caller()[0]
         caller.channel.basic_cancel(caller.consumer_tag)  # answers through the broker now stay in its queue, unread
         for i in range(1, 4):
             reply = router.call("cpu", iris_request, 10.0, f"direct-{i}")
             assert reply.task_id.startswith(f"direct-{i}.") and reply.outcome.predictions == [0], reply
-    finally:
-        router.stop()
 
 
 def test_a_kept_broker_connection_that_died_unnoticed_is_replaced_once_and_the_call_answered(
         stack: Stack, iris_request: wire.PredictRequest) -> None:
-    router = Router(stack.settings.broker_url, stack.settings.queue_prefix, None)
-    router.start()
-    try:
+    with started_router(stack, None) as router:
         assert router.call("cpu", iris_request, 10.0, "kept-0").outcome.ok
         dead = router._caller()[0]
         # As a broker restart between two calls of this thread leaves it: the socket is gone, py-amqp does not know.
@@ -119,30 +126,22 @@ def test_a_kept_broker_connection_that_died_unnoticed_is_replaced_once_and_the_c
         reply = router.call("cpu", iris_request, 10.0, "kept-1")
         assert reply.outcome.ok and reply.outcome.predictions == [0], reply
         assert router._caller()[0] is not dead
-    finally:
-        router.stop()
 
 
 def test_without_direct_replies_an_unread_reply_queue_times_the_call_out(
         stack: Stack, iris_request: wire.PredictRequest) -> None:
     """The control for the test above: it passes only because the answer skipped the broker."""
-    router = Router(stack.settings.broker_url, stack.settings.queue_prefix, None)
-    router.start()
-    try:
+    with started_router(stack, None) as router:
         assert router.call("cpu", iris_request, 10.0, "broker-0").outcome.ok
         caller = router._caller()[0]
         caller.channel.basic_cancel(caller.consumer_tag)
         with pytest.raises(GatewayTimeoutError):
             router.call("cpu", iris_request, 2.0, "broker-1")
-    finally:
-        router.stop()
 
 
 def test_a_worker_that_cannot_reach_the_callers_listener_answers_through_the_broker(
         stack: Stack, iris_request: wire.PredictRequest) -> None:
-    router = Router(stack.settings.broker_url, stack.settings.queue_prefix, "127.0.0.1")
-    router.start()
-    try:
+    with started_router(stack, "127.0.0.1") as router:
         caller = router._caller()[0]
         assert caller.listener is not None
         # Name a port nobody listens on, as a firewall between worker and API would make it: the worker's connect
@@ -153,8 +152,6 @@ def test_a_worker_that_cannot_reach_the_callers_listener_answers_through_the_bro
             reply = router.call("cpu", iris_request, 10.0, f"fallback-{i}")
             assert reply.task_id.startswith(f"fallback-{i}.") and reply.outcome.predictions == [0], reply
             assert time.monotonic() - started < 2.0
-    finally:
-        router.stop()
 
 
 def _closed_port() -> int:

@@ -42,7 +42,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -63,6 +62,8 @@ import skops.io as sio
 from sklearn.datasets import load_iris
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
+
+from private_stack import free_port, private_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -238,13 +239,6 @@ def cpu_seconds(procs: list[psutil.Process]) -> float:
         except psutil.Error:
             pass
     return total
-
-
-def free_port() -> int:
-    """Return a port nobody listens on at the moment."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def pct(values: list[float], q: float) -> float:
@@ -603,24 +597,11 @@ def start_modeldeck(args: argparse.Namespace, work: Path, model: LogisticRegress
     result = Result("ModelDeck")
     tag = uuid.uuid4().hex[:8]
     home = work / "modeldeck-home"
-    # child_env passes our environment to the stack's processes: these make the stack private.
-    os.environ.update({
-        "MODELDECK_HOME": str(home), "MODELDECK_QUEUE_PREFIX": f"bench-compare-{tag}.",
-        "MODELDECK_EMBEDDED_MONGO_PORT": str(free_port()), "MODELDECK_API_HOST": "127.0.0.1",
-        "MODELDECK_API_PORT": str(free_port()), "MODELDECK_CONSOLE_HOST": "127.0.0.1",
-        "MODELDECK_CONSOLE_PORT": str(free_port()),
-    })
-    for var in ("MODELDECK_MONGO_URL", "MODELDECK_SECRET_KEY", "MODELDECK_CONSOLE_KEYCLOAK_REALM_URL"):
-        os.environ.pop(var, None)  # the embedded repository in the temp home, its own generated key
+    settings = private_settings(home, f"bench-compare-{tag}.")
     from installer.processes import Layout, running, stop
     from installer.services import StackError
     from installer.stack import api_url, down, up
-    from server.core.settings import load_settings
 
-    settings = load_settings()
-    os.environ["MODELDECK_CONSOLE_API_URL"] = api_url(settings)
-    if not api_url(settings).startswith("http://127."):
-        raise SystemExit("benchmarks only run against a loopback address")
     def shut() -> None:
         stopped = down(settings)
         print(f"  ModelDeck stack down (stopped {', '.join(stopped) or 'nothing'})", flush=True)

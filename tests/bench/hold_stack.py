@@ -10,7 +10,6 @@ stdin closes and takes the stack down.
 import io
 import json
 import os
-import socket
 import sys
 import tempfile
 import uuid
@@ -21,35 +20,18 @@ sys.path.insert(0, str(checkout))
 os.chdir(checkout)
 
 import requests  # noqa: E402
+from private_stack import private_settings  # noqa: E402
 import skops.io as sio  # noqa: E402
 from sklearn.datasets import load_iris  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 work = Path(tempfile.mkdtemp(prefix="modeldeck-hold-"))
-os.environ.update({
-    "MODELDECK_HOME": str(work / "home"), "MODELDECK_QUEUE_PREFIX": f"hold-{uuid.uuid4().hex[:8]}.",
-    "MODELDECK_EMBEDDED_MONGO_PORT": str(free_port()), "MODELDECK_API_HOST": "127.0.0.1",
-    "MODELDECK_API_PORT": str(free_port()), "MODELDECK_CONSOLE_HOST": "127.0.0.1",
-    "MODELDECK_CONSOLE_PORT": str(free_port()),
-})
-for var in ("MODELDECK_MONGO_URL", "MODELDECK_SECRET_KEY", "MODELDECK_CONSOLE_KEYCLOAK_REALM_URL"):
-    os.environ.pop(var, None)  # the embedded repository in the temp home, its own generated key
+settings = private_settings(work / "home", f"hold-{uuid.uuid4().hex[:8]}.")
 
 from installer.processes import Layout, running, stop  # noqa: E402
 from installer.stack import api_url, down, up  # noqa: E402
-from server.core.settings import load_settings  # noqa: E402
 
-settings = load_settings()
-os.environ["MODELDECK_CONSOLE_API_URL"] = api_url(settings)
-if not api_url(settings).startswith("http://127."):
-    raise SystemExit("benchmarks only run against a loopback address")
 key = up(settings)
 layout = Layout(settings.home.resolve())
 stop(layout, "console")
