@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import os
+import queue
 import shutil
 import tempfile
 import threading
@@ -41,7 +42,13 @@ class TextModel:
         self.dtype = dtype
         self.max_input_tokens = max_input_tokens
         self.context = context  # prompt plus new tokens, for a causal LM
-        self.batcher = Batcher(self._run_batch, settings.genai_batch_size, settings.genai_batch_wait_ms)
+        lanes = batch_lanes(settings, device) if task == "embedding" else 1
+        self.batcher = Batcher(self._run_batch, settings.genai_batch_size, settings.genai_batch_wait_ms, lanes)
+        # One replica per lane, sharing the weights: each batch runs on a replica of its own, so that no two batches
+        # use one tokenizer at once.
+        self._replicas: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        for replica in _replicas(model, lanes):
+            self._replicas.put(replica)
         # A fast tokenizer is not thread-safe: each call sets its padding and truncation on the shared Rust object, so
         # a length check on one thread while a batch pads on another broke that batch ("Unable to create tensor").
         # Checks use a copy of their own; the batch leader (one at a time) and generate (under its lock) the original.
@@ -68,8 +75,12 @@ class TextModel:
 
     def _run_batch(self, key: Hashable, texts: list[str]) -> list[Any]:
         _, normalize = key  # type: ignore[misc]
-        vectors = self.model.encode(texts, batch_size=len(texts), normalize_embeddings=normalize,
-                                    convert_to_numpy=True, show_progress_bar=False)
+        model = self._replicas.get()  # never waits: a lane per replica, and at most one batch per lane
+        try:
+            vectors = model.encode(texts, batch_size=len(texts), normalize_embeddings=normalize,
+                                   convert_to_numpy=True, show_progress_bar=False)
+        finally:
+            self._replicas.put(model)
         return [row.tolist() for row in vectors.astype("float32")]
 
     def generate(self, prompts: list[str], params: dict[str, Any]) -> list[str]:
@@ -114,6 +125,22 @@ class TextModel:
             if tensor.device.type == "cuda":
                 cuda += size
         return total, cuda
+
+
+def batch_lanes(settings: Settings, device: str) -> int:
+    """Return how many batches of one embedding model may run at once on this worker (see genai_batch_lanes)."""
+    if device.startswith("cuda"):
+        return 1  # one device: batches queue on it anyway
+    if settings.genai_batch_lanes:
+        return settings.genai_batch_lanes
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // (settings.genai_torch_threads or cores))
+
+
+def _replicas(model: Any, n: int) -> list[Any]:
+    """Return the model and n - 1 copies of it that share its parameters and buffers (their tokenizers are copies)."""
+    shared = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+    return [model, *(copy.deepcopy(model, dict(shared)) for _ in range(n - 1))]
 
 
 def load_text_model(data: bytes, device: str, settings: Settings) -> TextModel:

@@ -63,7 +63,8 @@ class Settings(BaseSettings):
     worker_device: Literal["auto", "cpu", "cuda"] = "auto"
     model_cache_gpu_mb: int = Field(default=0, ge=0)
     genai_batch_size: int = Field(default=32, ge=1, le=1024)
-    genai_batch_wait_ms: float = Field(default=0.0, ge=0, le=1000)
+    genai_batch_wait_ms: float = Field(default=5.0, ge=0, le=1000)
+    genai_batch_lanes: int = Field(default=0, ge=0, le=64)
     genai_fp16: bool = True
     genai_torch_threads: int = Field(default=1, ge=0)
     genai_max_inputs: int = Field(default=64, ge=1)

