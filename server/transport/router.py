@@ -43,11 +43,11 @@ def task_message(task: str, args: list[Any], task_id: str, sync: bool, expires_s
     expires = None
     if expires_s is not None:
         expires = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=expires_s)).isoformat()
-    headers = {
-        "lang": "py", "task": task, "id": task_id, "shadow": None, "eta": None, "expires": expires,
-        "group": None, "group_index": None, "retries": 0, "timelimit": [None, None], "root_id": task_id,
-        "parent_id": None, "argsrepr": "", "kwargsrepr": "", "origin": "modeldeck-api", "ignore_result": not sync,
-    }
+    # Only what Celery's consumer and Request read without a default (lang, task, id), the expiry, and whether a
+    # result is wanted: py-amqp encodes every header on each publish (41 against 22 µs here with the usual 16).
+    headers: dict[str, Any] = {"lang": "py", "task": task, "id": task_id, "expires": expires}
+    if not sync:
+        headers["ignore_result"] = True
     return orjson.dumps([args, {}, _EMBED]), headers
 
 
