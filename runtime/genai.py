@@ -51,7 +51,7 @@ class TextModel:
             self._replicas.put(replica)
         # A fast tokenizer is not thread-safe: each call sets its padding and truncation on the shared Rust object, so
         # a length check on one thread while a batch pads on another broke that batch ("Unable to create tensor").
-        # Checks use a copy of their own; the batch leader (one at a time) and generate (under its lock) the original.
+        # Checks use a copy of their own; each batch lane its replica's own, and generate (under its lock) the original.
         self._check_tokenizer = copy.deepcopy(tokenizer)
         self._check_lock = threading.Lock()
         self._generate_lock = threading.Lock()
