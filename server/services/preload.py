@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 import threading
@@ -35,6 +36,8 @@ def _import_all() -> None:
         _error = f"{type(exc).__name__}: {exc}"
         logger.warning("importing the upload check libraries failed (%s); uploads will import them again", _error)
     finally:
+        # The libraries stay for the process's life: out of the collector's sight (see server/http/wsgi.py).
+        gc.freeze()
         _done.set()
 
 
