@@ -2,7 +2,7 @@
 
 Usage (no stack needs to be running; nothing here touches .modeldeck/):
     .venv/bin/python tests/bench/compare_servers.py [--n 2000] [--warmup 200] [--seconds 10]
-        [--skip-bentoml] [--skip-mlflow] [--venvs .bench-venvs] [--json results.json]
+        [--skip-bentoml] [--skip-mlflow] [--venvs .bench-venvs] [--checkout PATH ...] [--json results.json]
 
 A LogisticRegression(max_iter=500) on iris is served three ways, each on a free loopback port:
 - ModelDeck: a private stack (`installer.stack.up`) with its own MODELDECK_HOME (a temp dir), queue prefix
@@ -12,6 +12,10 @@ A LogisticRegression(max_iter=500) on iris is served three ways, each on a free 
 - MLflow (>= 3): `mlflow models serve --env-manager local --workers 1` of an `mlflow.sklearn.save_model` dir,
   called with its tensor input (`{"inputs": rows}`, its fastest); its DataFrame input (`dataframe_split`) is
   measured too, latency only, for reference (the targets compare with the faster).
+`--checkout PATH` (repeatable) serves the iris model from another checkout's code too (its own private stack, through
+tests/bench/hold_stack.py), interleaved and measured like the others, and prints its ratios to BentoML beside this
+checkout's: a before/after comparison in one run, against one BentoML (runs minutes apart differ by more than
+most changes do).
 ModelDeck's `GET /healthz` (no authentication, no work) is measured beside its predictions, latency only: the
 floor that its HTTP server, Flask and this client put under any endpoint.
 A DataFrame Pipeline (a ColumnTransformer with OneHotEncoder on string columns and StandardScaler on numeric ones,
@@ -670,6 +674,35 @@ def start_modeldeck(args: argparse.Namespace, work: Path, model: LogisticRegress
     return Server(result, target, shut, cold, variants=floor, processes=processes, pipeline=checked(frame, "ModelDeck"))
 
 
+def start_checkout(path: Path) -> Server:
+    """Serve the iris model from another checkout's code (tests/bench/hold_stack.py: its own private stack), so that
+    a before/after comparison shares one run, one BentoML and one machine state."""
+    result = Result(f"ModelDeck@{path.name}")
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "hold_stack.py"), str(path)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=path)
+    assert proc.stdin is not None and proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        result.skipped = f"{path}: its stack did not come up (exit {proc.wait(60)})"
+        return Server(result)
+    info = json.loads(line)
+
+    def stop() -> None:
+        assert proc.stdin is not None
+        proc.stdin.close()  # hold_stack.py takes its stack down
+        proc.wait(120)
+
+    def processes() -> dict[str, list[psutil.Process]]:
+        found = {part: tree(psutil.Process(info["pids"][name])) for part, name in
+                 (("API", "api"), ("worker", "worker-cpu"), ("repository", "repository"))}
+        found["RabbitMQ"] = [p for p in psutil.process_iter(["name"]) if p.info["name"] == "beam.smp"]
+        return found
+
+    print(f"  {result.name}: stack up, predict at {info['url']}", flush=True)
+    target = Target(info["url"], lambda rows: {"inputs": rows}, {"Authorization": f"Bearer {info['key']}"})
+    return Server(result, target, stop, processes=processes)
+
+
 def delete_queues(broker_url: str, queues: list[str]) -> None:
     """Remove the private stack's queues from the shared broker (best effort)."""
     from server.core.broker import close_quietly, connect, parse_broker_url
@@ -850,6 +883,8 @@ def main() -> None:
     parser.add_argument("--skip-bentoml", action="store_true")
     parser.add_argument("--skip-mlflow", action="store_true")
     parser.add_argument("--venvs", type=Path, default=ROOT / ".bench-venvs", help="where the BentoML/MLflow venvs go")
+    parser.add_argument("--checkout", type=Path, action="append", default=[],
+                        help="also serve the iris model from this checkout (before/after a change), in the same run")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     args = parser.parse_args()
     args.venvs = args.venvs.resolve()
@@ -877,19 +912,31 @@ def main() -> None:
             print("MLflow:", flush=True)
             servers.append(Server(Result("MLflow", skipped="--skip-mlflow")) if args.skip_mlflow
                            else start_mlflow(args, work, model_path, row, pipeline))
+            for path in args.checkout:
+                print(f"ModelDeck from {path}:", flush=True)
+                servers.append(start_checkout(path.resolve()))
             for server in servers:
                 announce(server.result)
             measure_all(servers, row, X[:100].tolist(), args)
         finally:
             for server in servers:
                 server.stop()
-        md, bento, mlflow = results = [server.result for server in servers]
+        results = [server.result for server in servers]
+        md, bento, mlflow = results[:3]
     load_after = os.getloadavg()
     checks = ratios(md, bento, mlflow)
     print()
     print(f"Side by side: {args.n} sequential single-row requests after {args.warmup} warm-up; throughput "
           f"{args.seconds:g} s per concurrency; scikit-learn {sklearn.__version__}, LogisticRegression on iris")
     print_table(results, checks)
+    for other in results[3:]:
+        if other.skipped or not other.p50:
+            continue
+        b = bento if not bento.skipped and bento.p50 else None
+        print(f"  {other.name}: p50 / BentoML {fmt(other.p50 / b.p50 if b and b.p50 else None)}, req/s @16 / BentoML "
+              f"{fmt(other.throughput[16] / b.throughput[16] if b and b.throughput.get(16) else None)} (same run; "
+              f"this checkout: {fmt(md.p50 / b.p50 if b and b.p50 and md.p50 else None)}, "
+              f"{fmt(md.throughput[16] / b.throughput[16] if b and b.throughput.get(16) and md.throughput.get(16) else None)})")
     print(f"CPUs: {cpus}; load average before: {', '.join(f'{v:.2f}' for v in load_before)}; "
           f"after: {', '.join(f'{v:.2f}' for v in load_after)}")
     if args.json:
