@@ -98,6 +98,9 @@ def cpu_seconds(process: psutil.Process) -> float:
     return total
 
 
+IN_PROCESS_CPU_MS: dict[int, float] = {}  # torch threads -> ms of CPU per sentence in process
+
+
 def in_process(directory: Path, texts: list[str], seconds: float, threads: int) -> float:
     """Sentences per second of SentenceTransformer.encode(batch_size=32) over the texts, repeated."""
     import torch
@@ -106,10 +109,11 @@ def in_process(directory: Path, texts: list[str], seconds: float, threads: int) 
     torch.set_num_threads(threads)
     model = SentenceTransformer(str(directory), device="cpu")
     model.encode(texts[:32], batch_size=32)
-    done, started = 0, time.perf_counter()
+    done, started, cpu = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - started < seconds:
         model.encode(texts, batch_size=32)
         done += len(texts)
+    IN_PROCESS_CPU_MS[threads] = (time.process_time() - cpu) / done * 1000  # the last run's, per sentence
     return done / (time.perf_counter() - started)
 
 
@@ -226,6 +230,8 @@ def main() -> int:
         rows, cpu_rows = [], []
         watched = {"worker": psutil.Process(procs[1].pid), "API": psutil.Process(procs[2].pid),
                    "nx-27017": psutil.Process(procs[0].pid), "clients (this process)": psutil.Process()}
+        # The broker shares the cores too (this machine's RabbitMQ, or the one the stack started).
+        watched.update({"RabbitMQ": p for p in psutil.process_iter(["name"]) if p.info["name"] == "beam.smp"})
         for n in [int(c) for c in args.clients.split(",")]:
             cpu_before = {k: cpu_seconds(p) for k, p in watched.items()}
             wall = time.perf_counter()
@@ -253,9 +259,13 @@ def main() -> int:
         for n, rate, p50, p99, batch, model_ms, route_ms in rows:
             print(f"{n:>8} {rate:>13.0f} {p50:>8.1f} {p99:>8.1f} {rate / baseline:>13.2f}x {batch:>11.1f} "
                   f"{model_ms:>13.1f} {route_ms:>13.1f}")
-        for n, shares in cpu_rows:
+        for (n, shares), row in zip(cpu_rows, rows):
             print(f"CPU (cores busy) at {n} clients: " + ", ".join(f"{k} {v:.2f}" for k, v in shares.items())
                   + f"; load average {os.getloadavg()[0]:.2f}")
+            # What one embedding costs each part, in ms of a core: the in-process baseline pays only the model's.
+            print("    per embedding, ms of CPU: " + ", ".join(f"{k} {v / row[1] * 1000:.2f}" for k, v in shares.items())
+                  + f"; in all {sum(shares.values()) / row[1] * 1000:.2f} (in process, the baseline: "
+                  f"{IN_PROCESS_CPU_MS[best]:.2f}, the model alone)")
         print(f"\nworker (batch size {args.batch_size}, wait {args.wait_ms:g} ms, concurrency {args.concurrency}, "
               f"torch threads {args.torch_threads}, lanes {args.lanes or 'auto'}): "
               f"batching {cached['batching']}")
