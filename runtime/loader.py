@@ -180,7 +180,6 @@ def _torchscript_runner(data: bytes, device: str) -> Callable[[list[list[Any]]],
 
 def preload_libraries() -> None:
     """Import the model libraries once at worker start, so a model's first load is only deserialisation."""
-    import gc
     import importlib
 
     from server.core.lean_imports import import_skops_io
@@ -195,8 +194,6 @@ def preload_libraries() -> None:
                 importlib.import_module(module)
             except ImportError:
                 pass
-    # They stay for the worker's life: out of the cyclic collector's sight, as in the API (server/http/wsgi.py).
-    gc.freeze()
 
 
 def load_model(sha256: str, fmt: str, data: bytes, trusted_types: list[str], device: str = "cpu",
