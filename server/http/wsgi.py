@@ -10,6 +10,7 @@ from server.core.settings import load_settings
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(process)d %(name)s %(message)s")
 app = create_app(load_settings())
-# What this API process built at start lives as long as it does: frozen, the collector's full passes walk only what requests
-# leave behind. Without it the preloaded upload libraries doubled the heap each pass walks (docs/performance.md).
+# What this API process built at start lives as long as it does: frozen, the collector's full passes walk only
+# what requests leave behind. Without it the preloaded upload libraries doubled the heap each pass walks
+# (docs/performance.md).
 gc.freeze()
