@@ -93,7 +93,8 @@ class ModelCache:
         with self._lock:
             return [{"sha256": m.sha256, "format": m.fmt, "device": m.device,
                      "memory_mb": round(m.cost / 2**20, 1), "device_memory_mb": round(m.device_memory / 2**20, 1),
-                     **({"batching": m.text.batcher.stats.as_dict()} if m.text is not None else {})}
+                     **({"runtime": m.text.runtime, "batching": m.text.batcher.stats.as_dict()}
+                        if m.text is not None else {})}
                     for m in self._models.values()]
 
 

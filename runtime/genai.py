@@ -7,11 +7,13 @@ Only the worker of a pool that serves these models imports torch and transformer
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import queue
 import shutil
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 from typing import Any, Hashable
 
@@ -20,6 +22,7 @@ from runtime.loader import InputRejectedError
 from server.core.hf_archive import extract
 from server.core.settings import Settings
 
+logger = logging.getLogger(__name__)
 # Nothing may be fetched from a model hub at run time: every file comes from the uploaded archive.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -34,9 +37,11 @@ class TextModel:
     """A loaded embedding model or causal LM with its tokenizer, device and batcher."""
 
     def __init__(self, task: str, model: Any, tokenizer: Any, device: str, dtype: str, max_input_tokens: int,
-                 context: int, settings: Settings) -> None:
+                 context: int, settings: Settings, onnx: OnnxTransformer | None = None) -> None:
         self.task = task
         self.model = model
+        self.onnx = onnx  # an embedding model's transformer exported to ONNX Runtime (CPU), else None: torch runs it
+        self.runtime = "onnxruntime" if onnx is not None else "torch"
         self.tokenizer = tokenizer
         self.device = device
         self.dtype = dtype
@@ -77,8 +82,11 @@ class TextModel:
         _, normalize = key  # type: ignore[misc]
         model = self._replicas.get()  # never waits: a lane per replica, and at most one batch per lane
         try:
-            vectors = model.encode(texts, batch_size=len(texts), normalize_embeddings=normalize,
-                                   convert_to_numpy=True, show_progress_bar=False)
+            if self.onnx is not None:
+                vectors = self.onnx.encode(model, texts, normalize)
+            else:
+                vectors = model.encode(texts, batch_size=len(texts), normalize_embeddings=normalize,
+                                       convert_to_numpy=True, show_progress_bar=False)
         finally:
             self._replicas.put(model)
         return [row.tolist() for row in vectors.astype("float32")]
@@ -125,6 +133,90 @@ class TextModel:
             if tensor.device.type == "cuda":
                 cuda += size
         return total, cuda
+
+
+class OnnxTransformer:
+    """An embedding model's transformer run by ONNX Runtime; tokenizing, pooling and normalising stay the
+    SentenceTransformer's own modules. One session serves every lane (its run() is thread-safe)."""
+
+    def __init__(self, session: Any, inputs: list[str]) -> None:
+        self.session = session
+        self.inputs = inputs
+
+    def encode(self, replica: Any, texts: list[str], normalize: bool) -> Any:
+        """Return the vectors of texts as a float32 array, tokenized by replica and pooled by its other modules."""
+        import torch
+
+        features = _preprocess(replica)(texts)
+        tokens = self.session.run(None, {name: features[name].numpy() for name in self.inputs})[0]
+        features["token_embeddings"] = torch.from_numpy(tokens)
+        with torch.inference_mode():
+            for module in list(replica)[1:]:
+                features = module(features)
+            vectors = features["sentence_embedding"]
+            if normalize:
+                vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
+        return vectors.numpy()
+
+
+def _preprocess(model: Any) -> Any:
+    """Return the SentenceTransformer's tokenizing step (``preprocess`` since sentence-transformers 6)."""
+    return getattr(model, "preprocess", None) or model.tokenize
+
+
+# Texts an export is checked on: two lengths in one batch, so padding is exercised too.
+_EXPORT_PROBES = ["ModelDeck checks the exported graph against the model.", "Short one."]
+EXPORT_TOLERANCE = 1e-4  # largest difference allowed between torch's and ONNX Runtime's vectors
+
+
+def export_to_onnxruntime(model: Any, workdir: Path, threads: int) -> OnnxTransformer | None:
+    """Export a SentenceTransformer's transformer to ONNX and open it in ONNX Runtime on the CPU; None (torch serves
+    the model, and the log says why) where the model is not a plain text transformer, the export fails, or the
+    exported graph's vectors differ from torch's by more than EXPORT_TOLERANCE."""
+    try:
+        import numpy as np
+        import onnxruntime as ort
+        import torch
+
+        modules = list(model)
+        if type(modules[0]).__name__ != "Transformer" or getattr(modules[0], "module_output_name",
+                                                                  "token_embeddings") != "token_embeddings":
+            logger.info("ONNX Runtime not used: the model's first module is %s, not a text Transformer",
+                        type(modules[0]).__name__)
+            return None
+        sample = _preprocess(model)(_EXPORT_PROBES)
+        inputs = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in sample]
+        auto_model = modules[0].auto_model
+
+        class TokenEmbeddings(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.auto_model = auto_model
+
+            def forward(self, *tensors: Any) -> Any:
+                return self.auto_model(**dict(zip(inputs, tensors)))[0]
+
+        path = workdir / "transformer.onnx"
+        with warnings.catch_warnings(), torch.inference_mode():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
+            torch.onnx.export(TokenEmbeddings(), tuple(sample[n] for n in inputs), str(path), input_names=inputs,
+                              output_names=["token_embeddings"], opset_version=17, dynamo=False,
+                              dynamic_axes={n: {0: "batch", 1: "tokens"} for n in [*inputs, "token_embeddings"]})
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads  # 0: one per core
+        options.inter_op_num_threads = 1
+        onnx = OnnxTransformer(ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]), inputs)
+        expected = model.encode(_EXPORT_PROBES, batch_size=len(_EXPORT_PROBES), convert_to_numpy=True,
+                                show_progress_bar=False)
+        gap = float(np.abs(onnx.encode(model, _EXPORT_PROBES, False) - expected).max())
+    except Exception as exc:  # any model the exporter or ONNX Runtime cannot take is still served, by torch
+        logger.warning("ONNX Runtime not used for this model, torch serves it: the export failed (%r)", exc)
+        return None
+    if gap > EXPORT_TOLERANCE:
+        logger.warning("ONNX Runtime not used for this model, torch serves it: its vectors differ from torch's by %.1e "
+                       "(more than %.0e)", gap, EXPORT_TOLERANCE)
+        return None
+    return onnx
 
 
 def batch_lanes(settings: Settings, device: str) -> int:
@@ -181,8 +273,15 @@ def _load_embedding(root: Path, device: str, dtype: Any, settings: Settings) -> 
                                 model_kwargs={_dtype_keyword(): dtype})
     model.eval()
     limit = min(settings.genai_max_input_tokens, int(model.max_seq_length or settings.genai_max_input_tokens))
+    onnx = None
+    if device == "cpu" and settings.genai_cpu_runtime == "onnxruntime":
+        export_dir = Path(tempfile.mkdtemp(prefix="onnx-", dir=root.parent))
+        try:
+            onnx = export_to_onnxruntime(model, export_dir, settings.genai_torch_threads)
+        finally:
+            shutil.rmtree(export_dir, ignore_errors=True)  # the session holds the graph in memory
     return TextModel("embedding", model, model.tokenizer, device, str(dtype).removeprefix("torch."), limit, limit,
-                     settings)
+                     settings, onnx)
 
 
 def _load_causal(root: Path, device: str, dtype: Any, settings: Settings) -> TextModel:

@@ -223,6 +223,8 @@ def _import_text_libraries() -> None:
         import runtime.genai  # noqa: F401
         import sentence_transformers  # noqa: F401
         import transformers  # noqa: F401
+        import onnxruntime  # noqa: F401  (embedding models on the CPU: MODELDECK_GENAI_CPU_RUNTIME)
+        import torch.onnx  # noqa: F401
     except ImportError:
         pass  # _text_runner says what is missing
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import struct
+import subprocess
 import tarfile
 import threading
 import time
@@ -182,6 +184,7 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_vector(
     beat = stack.db.workers.find_one({"pool": POOL})
     (cached,) = [m for m in beat["cached_models"] if m["format"] == "huggingface" and m.get("batching", {}).get("inputs", 0) > 20]
     assert cached["batching"]["max_batch"] > 1
+    assert cached["runtime"] == "onnxruntime"  # the CPU default: its export passed the load-time check
     assert cached["batching"]["requests"] > cached["batching"]["batches"]
     assert cached["memory_mb"] >= 4 * 22_713_216 / 2**20  # at least its weights, measured after load
 
@@ -424,3 +427,41 @@ def test_a_link_in_a_tar_archive_is_refused(admin: Client) -> None:
     resp = upload(admin, unique("bad-tar"), buf.getvalue(), filename="model.tar.gz")
     assert resp.status_code == 422, resp.text
     assert resp.json()["error"]["message"] == "archive member 'tokenizer.json' is a link; links are refused"
+
+
+_RUNTIMES_SCRIPT = """
+import json, sys, torch
+from pathlib import Path
+from runtime import genai
+from server.core.settings import Settings
+
+root, home, texts = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3])
+out = {}
+for runtime in ("onnxruntime", "torch"):
+    model = genai._load_embedding(root, "cpu", torch.float32, Settings(home=home, genai_cpu_runtime=runtime))
+    out[runtime] = [model.runtime, model.encode(texts, False)[0]]
+
+
+def unsupported(*args, **kwargs):
+    raise RuntimeError("Exporting the operator 'aten::made_up' to ONNX opset version 17 is not supported")
+
+
+torch.onnx.export = unsupported  # a model whose graph the exporter cannot take
+model = genai._load_embedding(root, "cpu", torch.float32, Settings(home=home))
+out["export fails"] = [model.runtime, model.encode(texts, False)[0]]
+print(json.dumps(out))
+"""
+
+
+def test_the_cpu_runtime_is_chosen_by_setting_and_torch_serves_what_the_export_cannot_take(
+        minilm_dir: Path, expected: np.ndarray, tmp_path: Path) -> None:
+    done = subprocess.run([genai_python(), "-c", _RUNTIMES_SCRIPT, str(minilm_dir), str(tmp_path),
+                           json.dumps(SENTENCES)], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert {case: runtime for case, (runtime, _) in found.items()} == {
+        "onnxruntime": "onnxruntime", "torch": "torch", "export fails": "torch"}
+    for case, (_, vectors) in found.items():
+        np.testing.assert_allclose(np.asarray(vectors), expected, rtol=0, atol=TOL, err_msg=case)
+    assert "torch serves it: the export failed" in done.stderr and "aten::made_up" in done.stderr

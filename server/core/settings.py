@@ -67,6 +67,7 @@ class Settings(BaseSettings):
     genai_batch_lanes: int = Field(default=0, ge=0, le=64)
     genai_fp16: bool = True
     genai_torch_threads: int = Field(default=1, ge=0)
+    genai_cpu_runtime: Literal["onnxruntime", "torch"] = "onnxruntime"
     genai_max_inputs: int = Field(default=64, ge=1)
     genai_max_input_chars: int = Field(default=20000, ge=1)
     genai_max_input_tokens: int = Field(default=512, ge=1)
