@@ -304,7 +304,14 @@ def interleaved(runs: dict[str, tuple[Target, list[list[float]], int]], warmup: 
         session = sessions[name]
         for _ in range(count):
             t = time.perf_counter()
-            resp = target.send(session, rows)
+            try:
+                resp = target.send(session, rows)
+            except requests.ConnectionError as exc:
+                if keep:
+                    raise RuntimeError(f"{name} ({target.url}): {exc}") from exc
+                # A server may close a kept-alive connection left idle while the other servers' blocks ran; if it
+                # does so just as a block's first (unmeasured) request goes out, the session opens a new one.
+                resp = target.send(session, rows)
             elapsed = (time.perf_counter() - t) * 1000
             if resp.status_code != 200:
                 raise RuntimeError(f"{name} ({target.url}) answered {resp.status_code}: {resp.text[:300]}")
