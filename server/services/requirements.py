@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from typing import Any
@@ -38,16 +39,26 @@ def parse_requirements(strings: list[str]) -> list[Requirement]:
     return parsed
 
 
+@functools.lru_cache(maxsize=1024)
+def _requirement(text: str) -> Requirement:
+    """Parse a requirement a stored version already passed at upload (parsed once per API process)."""
+    return Requirement(text)
+
+
 def satisfies(environment: dict[str, str], req: Requirement) -> bool:
-    """Tell whether an environment (package name to version) has a version req accepts."""
-    wanted = canonicalize_name(req.name)
-    for name, installed in environment.items():
-        if canonicalize_name(name) == wanted:
-            try:
-                return req.specifier.contains(Version(installed), prereleases=True)
-            except InvalidVersion:
-                return False
-    return False
+    """Tell whether an environment (canonical package name to version, see _canonical) has a version req accepts."""
+    installed = environment.get(canonicalize_name(req.name))
+    if installed is None:
+        return False
+    try:
+        return req.specifier.contains(Version(installed), prereleases=True)
+    except InvalidVersion:
+        return False
+
+
+def _canonical(environment: dict[str, str]) -> dict[str, str]:
+    """Key a worker's reported environment by canonical package name, so a lookup is one dict access."""
+    return {canonicalize_name(name): version for name, version in environment.items()}
 
 
 def _pool_environments(ctx: Context, pool: str) -> list[dict[str, str]]:
@@ -57,7 +68,8 @@ def _pool_environments(ctx: Context, pool: str) -> list[dict[str, str]]:
         hit = _cache.get(pool)
         if hit and now - hit[0] < _CACHE_S:
             return hit[1]
-    envs = [w.get("environment") or {} for w in workers_repo.live_workers(ctx.db, ctx.settings.worker_lost_after_s, pool)]
+    envs = [_canonical(w.get("environment") or {})
+            for w in workers_repo.live_workers(ctx.db, ctx.settings.worker_lost_after_s, pool)]
     with _lock:
         _cache[pool] = (now, envs)
     return envs
@@ -66,7 +78,7 @@ def _pool_environments(ctx: Context, pool: str) -> list[dict[str, str]]:
 def describe_pool(envs: list[dict[str, str]], req: Requirement) -> str:
     """Say which versions of req's package a pool's workers have."""
     wanted = canonicalize_name(req.name)
-    found = sorted({v for env in envs for n, v in env.items() if canonicalize_name(n) == wanted})
+    found = sorted({env[wanted] for env in envs if wanted in env})
     return ", ".join(found) if found else f"no {req.name} installed"
 
 
@@ -76,7 +88,7 @@ def check_requirements(ctx: Context, doc: VersionDoc) -> None:
     strings += IMPLIED.get(doc.get("format", ""), []) + IMPLIED_BY_TASK.get(doc.get("task", ""), [])
     if not strings:
         return
-    reqs = [Requirement(s) for s in strings]
+    reqs = [_requirement(s) for s in strings]
     pool = doc["pool"]
     envs = _pool_environments(ctx, pool)
     if not envs or any(all(satisfies(env, r) for r in reqs) for env in envs):
