@@ -1,7 +1,7 @@
 """Serve one model with ModelDeck, BentoML and MLflow side by side on this machine and compare (DESIGN.md §9).
 
 Usage (no stack needs to be running; nothing here touches .modeldeck/):
-    .venv/bin/python tests/bench/compare_servers.py [--n 2000] [--warmup 200] [--seconds 10]
+    .venv/bin/python tests/bench/compare_servers.py [--n 2000] [--warmup 200] [--seconds 10] [--throughput-rounds 3]
         [--skip-bentoml] [--skip-mlflow] [--venvs .bench-venvs] [--checkout PATH ...] [--json results.json]
 
 A LogisticRegression(max_iter=500) on iris is served three ways, each on a free loopback port:
@@ -33,7 +33,8 @@ sent in --rounds alternating blocks (the order rotated each round, each block op
 unmeasured requests), so that a machine whose speed drifts during the run slows every server alike. The CPU time
 each server's processes (ModelDeck: API, worker, RabbitMQ, repository) and the client spend per measured request
 is read around every measured block and printed. Throughput: then one server at a time, 1, 4 and 16 client threads
-(one session each) for --seconds each. Last, ModelDeck's cold first predict of a fresh ~10 MB model right
+(one session each) for --seconds each, in --throughput-rounds rounds (the order rotated each round); the median of
+each server's runs is reported and every run is printed. Last, ModelDeck's cold first predict of a fresh ~10 MB model right
 after its upload. The clients run on the same machine as the servers, so they share its CPUs.
 Loopback only; bounded by the request counts and durations above.
 """
@@ -46,6 +47,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -344,12 +346,27 @@ def interleaved(runs: dict[str, tuple[Target, list[list[float]], int]], warmup: 
     return out
 
 
-def measure_throughput(result: Result, target: Target, row: list[float], args: argparse.Namespace) -> None:
-    """Fill in throughput at each concurrency."""
-    for clients in CONCURRENCY:
-        rps, errs = throughput(target, [row], clients, args.seconds)
-        result.throughput[clients], result.errors[clients] = rps, errs
-        print(f"  {result.name}: {clients:>2} clients for {args.seconds:g} s: {rps:.1f} req/s, {errs} errors", flush=True)
+def measure_throughput(live: list[Any], row: list[float], args: argparse.Namespace) -> None:
+    """Fill in each server's throughput at each concurrency: the median of --throughput-rounds runs, one server at a
+    time, the servers' order rotated each round (one 10 s run per server came out 1.5-1.8x apart for the same code
+    twice in one run: the machine's speed drifts over minutes)."""
+    runs: dict[str, dict[int, list[float]]] = {s.result.name: {c: [] for c in CONCURRENCY} for s in live}
+    for r in range(args.throughput_rounds):
+        order = live[r % len(live):] + live[:r % len(live)]
+        for clients in CONCURRENCY:
+            for server in order:
+                rps, errs = throughput(server.target, [row], clients, args.seconds)
+                runs[server.result.name][clients].append(rps)
+                server.result.errors[clients] = server.result.errors.get(clients, 0) + errs
+                print(f"  round {r + 1}: {server.result.name}: {clients:>2} clients for {args.seconds:g} s: "
+                      f"{rps:.1f} req/s, {errs} errors", flush=True)
+    for server in live:
+        for clients, values in runs[server.result.name].items():
+            server.result.throughput[clients] = statistics.median(values)
+        server.result.extra["throughput_runs"] = runs[server.result.name]
+        print(f"  {server.result.name}: median req/s @1/4/16 " + " / ".join(
+            f"{server.result.throughput[c]:.1f}" for c in CONCURRENCY) + "; @16 runs " + ", ".join(
+            f"{v:.0f}" for v in runs[server.result.name][16]), flush=True)
 
 
 # ---------------------------------------------------------------- processes we start (by pid, own session)
@@ -780,10 +797,9 @@ def measure_all(servers: list[Server], row: list[float], batch: list[list[float]
         print(f"    {server.result.name}: client {parts['client']:.2f}; "
               + ", ".join(f"{k} {v:.2f}" for k, v in serving.items())
               + (f"; serving in all {sum(serving.values()):.2f}" if len(serving) > 1 else ""), flush=True)
-    print("Throughput, one server at a time:", flush=True)
-    for server in live:
-        assert server.target is not None
-        measure_throughput(server.result, server.target, row, args)
+    print(f"Throughput, one server at a time, {args.throughput_rounds} rounds, the order rotated each round:",
+          flush=True)
+    measure_throughput(live, row, args)
     if md is not None:
         try:
             md.after()
@@ -882,6 +898,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=2000, help="measured sequential single-row requests per server")
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of each throughput run")
+    parser.add_argument("--throughput-rounds", type=int, default=3,
+                        help="throughput runs per server and concurrency, interleaved; the median is reported")
     parser.add_argument("--n-batch", type=int, default=300, help="measured 100-row requests (ModelDeck)")
     parser.add_argument("--n-pipeline", type=int, default=1000, help="measured 1-row predict_proba requests to the pipeline (0: none)")
     parser.add_argument("--n-pipeline-batch", type=int, default=200, help="measured 1,000-row predict_proba requests (0: none)")
