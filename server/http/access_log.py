@@ -104,26 +104,48 @@ def _write_forever() -> None:
 
 
 def flush() -> None:
-    """Write every queued entry's line, each with the time its answer went out."""
+    """Write every queued entry's line, each with the time its answer went out, in one write to the stream."""
+    records = []
     while _queue:
         try:
             formatter, created, duration_ms, fields = _queue.popleft()
         except IndexError:  # emptied by the other flusher (the writer and atexit)
-            return
+            break
         if formatter is format_json:
             line = format_json(*fields[:6], duration_ms, *fields[6:], created=created)  # type: ignore[arg-type]
         else:
             line = formatter(*fields[:6], duration_ms, *fields[6:])
         record = logger.makeRecord(logger.name, logging.INFO, __file__, 0, line, None, None)
         record.created, record.msecs = created, (created - int(created)) * 1000
-        logger.handle(record)
+        records.append(record)
+    handler = next((h for h in logger.handlers if h.get_name() == _HANDLER), None)
+    if not isinstance(handler, logging.StreamHandler):
+        for record in records:  # not set up by install(): whatever logging config the process has
+            logger.handle(record)
+        return
+    if records:
+        # Formatted first, then one write: a write per line made this thread and the request threads trade the
+        # GIL at every line.
+        text = "".join(handler.format(record) + handler.terminator for record in records)
+        handler.acquire()
+        try:
+            handler.stream.write(text)
+            handler.flush()
+        finally:
+            handler.release()
 
 
-def _json_handler() -> logging.Handler:
-    """A handler that writes the bare JSON object, so each access line parses as JSON by itself."""
+_HANDLER = "modeldeck-access"
+# The API log's own prefix (server/http/wsgi.py), so that a text line reads like the API's other lines.
+API_LOG_FORMAT = "%(asctime)s %(levelname)s %(process)d %(name)s %(message)s"
+
+
+def _handler(fmt: str) -> logging.Handler:
+    """The access log's own handler on the API's stderr: bare JSON objects (each line parses as JSON by itself),
+    or text lines with the API log's prefix."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    handler.set_name("modeldeck-access-json")
+    handler.setFormatter(logging.Formatter("%(message)s" if fmt == "json" else API_LOG_FORMAT))
+    handler.set_name(_HANDLER)
     return handler
 
 
@@ -134,11 +156,11 @@ def install(app: Flask, fmt: str) -> None:
         return
     formatter = format_json if fmt == "json" else format_text
     logger.setLevel(logging.INFO)
-    if fmt == "json":
-        # Bare JSON lines on the API's stderr; the root logger's prefix would make them unparsable.
-        logger.propagate = False
-        if not any(h.get_name() == "modeldeck-access-json" for h in logger.handlers):
-            logger.addHandler(_json_handler())
+    # Its own handler, so that the writer can write a batch of lines at once, rather than the root logger's.
+    logger.propagate = False
+    for earlier in [h for h in logger.handlers if h.get_name() == _HANDLER]:
+        logger.removeHandler(earlier)
+    logger.addHandler(_handler(fmt))
 
     @app.before_request
     def _start_clock() -> None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import gc
 import logging
 
+from server.http.access_log import API_LOG_FORMAT
 from server.http.app import create_app
 from server.core.settings import load_settings
 
-logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(process)d %(name)s %(message)s")
+logging.basicConfig(level=logging.INFO, format=API_LOG_FORMAT)
 app = create_app(load_settings())
 # What this API process built at start lives as long as it does: frozen, the collector's full passes walk only
 # what requests leave behind. Without it the preloaded upload libraries doubled the heap each pass walks

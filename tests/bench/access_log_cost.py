@@ -5,7 +5,7 @@ Two Flask apps with the API's request-id and deferred-work hooks (server/http/ap
 with `access_log.install(app, "text")`, one with "off", are called in alternating blocks through Flask's test
 client; the process's CPU time per request (the writer thread's included: the queue is flushed at the end of each
 block) is printed for both, with the difference: what the access log costs the API per request. The log goes to
-a temporary file, as the API's goes to its log file. --checkout measures another checkout's code (before/after).
+a temporary file that is also the process's stderr, as the API's stderr is its log file. --checkout measures another checkout's code (before/after).
 """
 
 from __future__ import annotations
@@ -61,7 +61,10 @@ def main() -> None:
     parser.add_argument("--checkout", default=str(_CHECKOUT), help="the checkout whose server/ is measured")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        logging.basicConfig(level=logging.INFO, filename=str(Path(tmp) / "api.log"),
+        # The API's stderr is its log file: the root logger's lines and the access log's own handler's go there.
+        log = open(Path(tmp) / "api.log", "a", buffering=1)  # noqa: SIM115 - closed with the directory's end
+        sys.stderr = log
+        logging.basicConfig(level=logging.INFO, stream=log,
                             format="%(asctime)s %(levelname)s %(process)d %(name)s %(message)s")
         clients = {fmt: make_app(fmt).test_client() for fmt in ("off", "text")}
         cpu: dict[str, list[float]] = {fmt: [] for fmt in clients}
