@@ -10,7 +10,7 @@ from celery.utils.log import get_task_logger
 from runtime.batch import run_batch
 from runtime.batch_chunks import run_chunk
 from runtime.inference import run_prediction
-from runtime.state import get_state
+from runtime.state import WorkerState, get_state
 from server.core import jobs_repo, wire
 
 logger = get_task_logger(__name__)
@@ -23,15 +23,23 @@ def predict(request: dict[str, Any]) -> dict[str, Any]:
     return run_prediction(get_state(), wire.PredictRequest.from_dict(request)).to_dict()
 
 
-@shared_task(name=wire.PREDICT_JOB_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
-def predict_job(job_id: str) -> None:
-    """Run an asynchronous prediction job and store its outcome; a redelivered finished job is skipped."""
-    state = get_state()
+def _start(state: WorkerState, job_id: str) -> dict[str, Any] | None:
+    """Mark a job running and return it; None (logged) for one already finished, cancelled or unknown, whose
+    missing job.finish audit entry is recorded now if a worker died between finishing and auditing it."""
     job = jobs_repo.start_job(state.db, job_id)
     if job is None:
         if jobs_repo.record_missing_finish(state.db, job_id, state.audit_keys):
             logger.warning("job %s was finished by a worker that died before auditing it; job.finish recorded now", job_id)
-        logger.info("job %s already finished or unknown; skipping", job_id)
+        logger.info("job %s already finished, cancelled or unknown; skipping", job_id)
+    return job
+
+
+@shared_task(name=wire.PREDICT_JOB_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def predict_job(job_id: str) -> None:
+    """Run an asynchronous prediction job and store its outcome; a redelivered finished job is skipped."""
+    state = get_state()
+    job = _start(state, job_id)
+    if job is None:
         return
     outcome = run_prediction(state, wire.PredictRequest.from_dict(job["params"]["request"]))
     if outcome.ok:
@@ -51,11 +59,8 @@ def predict_job(job_id: str) -> None:
 def batch_job(job_id: str) -> None:
     """Run a batch-scoring job; a redelivered one resumes after its last committed chunk."""
     state = get_state()
-    job = jobs_repo.start_job(state.db, job_id)
+    job = _start(state, job_id)
     if job is None:
-        if jobs_repo.record_missing_finish(state.db, job_id, state.audit_keys):
-            logger.warning("job %s was finished by a worker that died before auditing it; job.finish recorded now", job_id)
-        logger.info("job %s already finished, cancelled or unknown; skipping", job_id)
         return
     logger.info("batch job %s started (attempt %d)", job_id, job.get("attempts", 0) + 1)
     with state.lock:
