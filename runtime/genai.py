@@ -19,6 +19,7 @@ from typing import Any, Hashable
 
 from runtime.batching import Batcher
 from runtime.loader import InputRejectedError
+from runtime.packing import pack
 from server.core.hf_archive import extract
 from server.core.settings import Settings
 
@@ -137,18 +138,29 @@ class TextModel:
 
 class OnnxTransformer:
     """An embedding model's transformer run by ONNX Runtime; tokenizing, pooling and normalising stay the
-    SentenceTransformer's own modules. One session serves every lane (its run() is thread-safe)."""
+    SentenceTransformer's own modules. One session serves every lane (its run() is thread-safe). A packed graph
+    takes a batch's texts end to end in rows, without padding (runtime/packing.py); else it takes the padded batch."""
 
-    def __init__(self, session: Any, inputs: list[str]) -> None:
+    def __init__(self, session: Any, inputs: list[str], packed: bool) -> None:
         self.session = session
         self.inputs = inputs
+        self.packed = packed
 
     def encode(self, replica: Any, texts: list[str], normalize: bool) -> Any:
         """Return the vectors of texts as a float32 array, tokenized by replica and pooled by its other modules."""
         import torch
 
         features = _preprocess(replica)(texts)
-        tokens = self.session.run(None, {name: features[name].numpy() for name in self.inputs})[0]
+        if self.packed:
+            mask = features["attention_mask"].numpy()
+            layout = pack(mask)
+            feeds = layout.feeds(mask)
+            for name in self.inputs:
+                if name not in feeds:
+                    feeds[name] = layout.pack(features[name].numpy())
+            tokens = layout.unpack(self.session.run(None, feeds)[0], mask.shape)
+        else:
+            tokens = self.session.run(None, {name: features[name].numpy() for name in self.inputs})[0]
         features["token_embeddings"] = torch.from_numpy(tokens)
         with torch.inference_mode():
             for module in list(replica)[1:]:
@@ -164,59 +176,90 @@ def _preprocess(model: Any) -> Any:
     return getattr(model, "preprocess", None) or model.tokenize
 
 
-# Texts an export is checked on: two lengths in one batch, so padding is exercised too.
-_EXPORT_PROBES = ["ModelDeck checks the exported graph against the model.", "Short one."]
+# Texts an export is checked on: lengths that pack into two rows, one of them with two texts, so that padding and
+# packing are both exercised.
+_EXPORT_PROBES = ["ModelDeck checks the exported graph against the model.", "Short one.",
+                  "A longer probe sentence makes the packed layout spill into a second row, and a padded batch pad the "
+                  "short ones up to its length, so that both ways are checked on texts of different lengths."]
 EXPORT_TOLERANCE = 1e-4  # largest difference allowed between torch's and ONNX Runtime's vectors
 
 
 def export_to_onnxruntime(model: Any, workdir: Path, threads: int) -> OnnxTransformer | None:
-    """Export a SentenceTransformer's transformer to ONNX and open it in ONNX Runtime on the CPU; None (torch serves
-    the model, and the log says why) where the model is not a plain text transformer, the export fails, or the
-    exported graph's vectors differ from torch's by more than EXPORT_TOLERANCE."""
-    try:
-        import numpy as np
-        import onnxruntime as ort
-        import torch
+    """Export a SentenceTransformer's transformer to ONNX and open it in ONNX Runtime on the CPU: packed where the
+    model takes it (position ids and an attention mask per token pair, as BERT does), else padded; None (torch serves
+    the model, and the log says why) where the model is not a plain text transformer, or neither export passes: it
+    fails, or the exported graph's vectors differ from torch's by more than EXPORT_TOLERANCE."""
+    modules = list(model)
+    if type(modules[0]).__name__ != "Transformer" or getattr(modules[0], "module_output_name",
+                                                              "token_embeddings") != "token_embeddings":
+        logger.info("ONNX Runtime not used: the model's first module is %s, not a text Transformer",
+                    type(modules[0]).__name__)
+        return None
+    for packed in (True, False):
+        try:
+            onnx, gap = _export(model, workdir, threads, packed)
+        except Exception as exc:  # any model the exporter or ONNX Runtime cannot take is still served
+            why = f"the export failed ({exc!r})"
+        else:
+            if gap <= EXPORT_TOLERANCE:
+                logger.info("ONNX Runtime serves this model, %s (its vectors within %.1e of torch's)",
+                            "packed" if packed else "padded", gap)
+                return onnx
+            why = f"its vectors differ from torch's by {gap:.1e} (more than {EXPORT_TOLERANCE:.0e})"
+        logger.warning("ONNX Runtime %s not used for this model, %s: %s", "packed" if packed else "padded",
+                       "the padded graph is tried next" if packed else "torch serves it", why)
+    return None
 
-        modules = list(model)
-        if type(modules[0]).__name__ != "Transformer" or getattr(modules[0], "module_output_name",
-                                                                  "token_embeddings") != "token_embeddings":
-            logger.info("ONNX Runtime not used: the model's first module is %s, not a text Transformer",
-                        type(modules[0]).__name__)
-            return None
-        sample = _preprocess(model)(_EXPORT_PROBES)
+
+def _export(model: Any, workdir: Path, threads: int, packed: bool) -> tuple[OnnxTransformer, float]:
+    """Export the model's transformer, packed or padded, open it, and return it with the largest difference between
+    its vectors and torch's on the probe texts."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    sample = _preprocess(model)(_EXPORT_PROBES)
+    auto_model = list(model)[0].auto_model
+    if packed:
+        inputs = ["input_ids", "position_ids", "segments", *(["token_type_ids"] if "token_type_ids" in sample else [])]
+        layout = pack(sample["attention_mask"].numpy())
+        feeds = layout.feeds(sample["attention_mask"].numpy())
+        example = tuple(torch.from_numpy(feeds[n] if n in feeds else layout.pack(sample[n].numpy())) for n in inputs)
+    else:
         inputs = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in sample]
-        auto_model = modules[0].auto_model
+        example = tuple(sample[n] for n in inputs)
+    dtype = next(auto_model.parameters()).dtype
 
-        class TokenEmbeddings(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.auto_model = auto_model
+    class TokenEmbeddings(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.auto_model = auto_model
 
-            def forward(self, *tensors: Any) -> Any:
-                return self.auto_model(**dict(zip(inputs, tensors)))[0]
+        def forward(self, *tensors: Any) -> Any:
+            named = dict(zip(inputs, tensors))
+            if packed:
+                # Each token sees the tokens of its own text only (a row's padding sees its padding): an additive 4D
+                # mask, which transformers passes to the attention as it is.
+                segments = named.pop("segments")
+                apart = segments[:, :, None] != segments[:, None, :]
+                named["attention_mask"] = torch.zeros(apart.shape, dtype=dtype).masked_fill(
+                    apart, torch.finfo(dtype).min)[:, None]
+            return self.auto_model(**named)[0]
 
-        path = workdir / "transformer.onnx"
-        with warnings.catch_warnings(), torch.inference_mode():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
-            torch.onnx.export(TokenEmbeddings(), tuple(sample[n] for n in inputs), str(path), input_names=inputs,
-                              output_names=["token_embeddings"], opset_version=17, dynamo=False,
-                              dynamic_axes={n: {0: "batch", 1: "tokens"} for n in [*inputs, "token_embeddings"]})
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads  # 0: one per core
-        options.inter_op_num_threads = 1
-        onnx = OnnxTransformer(ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]), inputs)
-        expected = model.encode(_EXPORT_PROBES, batch_size=len(_EXPORT_PROBES), convert_to_numpy=True,
-                                show_progress_bar=False)
-        gap = float(np.abs(onnx.encode(model, _EXPORT_PROBES, False) - expected).max())
-    except Exception as exc:  # any model the exporter or ONNX Runtime cannot take is still served, by torch
-        logger.warning("ONNX Runtime not used for this model, torch serves it: the export failed (%r)", exc)
-        return None
-    if gap > EXPORT_TOLERANCE:
-        logger.warning("ONNX Runtime not used for this model, torch serves it: its vectors differ from torch's by %.1e "
-                       "(more than %.0e)", gap, EXPORT_TOLERANCE)
-        return None
-    return onnx
+    path = workdir / ("packed.onnx" if packed else "padded.onnx")
+    with warnings.catch_warnings(), torch.inference_mode():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
+        torch.onnx.export(TokenEmbeddings(), example, str(path), input_names=inputs,
+                          output_names=["token_embeddings"], opset_version=17, dynamo=False,
+                          dynamic_axes={n: {0: "batch", 1: "tokens"} for n in [*inputs, "token_embeddings"]})
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads  # 0: one per core
+    options.inter_op_num_threads = 1
+    onnx = OnnxTransformer(ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]), inputs,
+                           packed)
+    expected = model.encode(_EXPORT_PROBES, batch_size=len(_EXPORT_PROBES), convert_to_numpy=True,
+                            show_progress_bar=False)
+    return onnx, float(np.abs(onnx.encode(model, _EXPORT_PROBES, False) - expected).max())
 
 
 def batch_lanes(settings: Settings, device: str) -> int:

@@ -437,9 +437,26 @@ from server.core.settings import Settings
 
 root, home, texts = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3])
 out = {}
+
+
+def served(model):
+    layout = "" if model.onnx is None else (" packed" if model.onnx.packed else " padded")
+    return [model.runtime + layout, model.encode(texts, False)[0]]
+
+
 for runtime in ("onnxruntime", "torch"):
-    model = genai._load_embedding(root, "cpu", torch.float32, Settings(home=home, genai_cpu_runtime=runtime))
-    out[runtime] = [model.runtime, model.encode(texts, False)[0]]
+    out[runtime] = served(genai._load_embedding(root, "cpu", torch.float32, Settings(home=home, genai_cpu_runtime=runtime)))
+export = torch.onnx.export
+
+
+def no_packing(module, args, path, input_names, **kwargs):
+    if "segments" in input_names:  # a model whose attention takes no mask per token pair
+        raise RuntimeError("Exporting the operator 'aten::made_up_mask' to ONNX opset version 17 is not supported")
+    return export(module, args, path, input_names=input_names, **kwargs)
+
+
+torch.onnx.export = no_packing
+out["packed export fails"] = served(genai._load_embedding(root, "cpu", torch.float32, Settings(home=home)))
 
 
 def unsupported(*args, **kwargs):
@@ -447,8 +464,7 @@ def unsupported(*args, **kwargs):
 
 
 torch.onnx.export = unsupported  # a model whose graph the exporter cannot take
-model = genai._load_embedding(root, "cpu", torch.float32, Settings(home=home))
-out["export fails"] = [model.runtime, model.encode(texts, False)[0]]
+out["export fails"] = served(genai._load_embedding(root, "cpu", torch.float32, Settings(home=home)))
 print(json.dumps(out))
 """
 
@@ -460,8 +476,11 @@ def test_the_cpu_runtime_is_chosen_by_setting_and_torch_serves_what_the_export_c
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])
+    # BERT takes position ids and a mask per token pair: its batches run packed, without padding (runtime/packing.py).
     assert {case: runtime for case, (runtime, _) in found.items()} == {
-        "onnxruntime": "onnxruntime", "torch": "torch", "export fails": "torch"}
+        "onnxruntime": "onnxruntime packed", "torch": "torch", "packed export fails": "onnxruntime padded",
+        "export fails": "torch"}
     for case, (_, vectors) in found.items():
         np.testing.assert_allclose(np.asarray(vectors), expected, rtol=0, atol=TOL, err_msg=case)
+    assert "the padded graph is tried next" in done.stderr and "aten::made_up_mask" in done.stderr
     assert "torch serves it: the export failed" in done.stderr and "aten::made_up" in done.stderr

