@@ -67,7 +67,7 @@ class Batcher:
             if self._running < self.lanes:
                 self._running += 1
                 item.lead = True
-            else:
+            elif sum(len(i.inputs) for i in self._queue) >= self.max_batch:
                 self._lock.notify_all()  # a leader waiting for its batch to fill may now have enough
         # An item's event is set once: when its batch is done, or when it is handed the lead (still queued: no other
         # leader takes an item that leads).

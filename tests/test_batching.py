@@ -113,6 +113,25 @@ def test_a_lone_request_does_not_wait_for_a_batch_to_fill() -> None:
     assert time.monotonic() - started < 1.0
 
 
+def test_a_waiting_leader_runs_as_soon_as_its_batch_is_full() -> None:
+    model = Model(seconds=0.2)
+    batcher = Batcher(model, max_batch=4, max_wait_ms=3000, lanes=1)
+    # Requests that came together: B and C queue while A runs, then share a batch, so the next leader waits.
+    _together(3, lambda i: (time.sleep(0.05 * (i > 0)), batcher.submit("encode", [i]))[1])
+    assert [len(b) for b in model.batches] == [1, 2]
+    out: list[Any] = []
+    leader = threading.Thread(target=lambda: out.append((batcher.submit("encode", [10]), time.monotonic())))
+    started = time.monotonic()
+    leader.start()
+    time.sleep(0.1)  # the leader is waiting for its batch to fill
+    results = _together(3, lambda i: batcher.submit("encode", [11 + i]))
+    leader.join(10)
+    (outputs, size), finished = out[0]
+    assert (outputs, size) == ([20], 4) and results == [([22 + 2 * i], 4) for i in range(3)]
+    # Woken by the fourth input, not by the end of its 3 s wait.
+    assert finished - started < 1.5
+
+
 def test_a_failed_batch_raises_in_each_of_its_requests_and_frees_its_lane() -> None:
     model = Model(seconds=0.1, fail=True)
     batcher = Batcher(model, max_batch=32, max_wait_ms=0, lanes=1)
