@@ -19,7 +19,7 @@ from typing import Any, Hashable
 
 from runtime.batching import Batcher
 from runtime.loader import InputRejectedError
-from runtime.packing import pack
+from runtime.packing import packed_feeds
 from server.core.hf_archive import extract
 from server.core.settings import Settings
 
@@ -152,13 +152,8 @@ class OnnxTransformer:
 
         features = _preprocess(replica)(texts)
         if self.packed:
-            mask = features["attention_mask"].numpy()
-            layout = pack(mask)
-            feeds = layout.feeds(mask)
-            for name in self.inputs:
-                if name not in feeds:
-                    feeds[name] = layout.pack(features[name].numpy())
-            tokens = layout.unpack(self.session.run(None, feeds)[0], mask.shape)
+            layout, feeds = packed_feeds(features, self.inputs)
+            tokens = layout.unpack(self.session.run(None, feeds)[0], tuple(features["attention_mask"].shape))
         else:
             tokens = self.session.run(None, {name: features[name].numpy() for name in self.inputs})[0]
         features["token_embeddings"] = torch.from_numpy(tokens)
@@ -222,9 +217,8 @@ def _export(model: Any, workdir: Path, threads: int, packed: bool) -> tuple[Onnx
     auto_model = list(model)[0].auto_model
     if packed:
         inputs = ["input_ids", "position_ids", "segments", *(["token_type_ids"] if "token_type_ids" in sample else [])]
-        layout = pack(sample["attention_mask"].numpy())
-        feeds = layout.feeds(sample["attention_mask"].numpy())
-        example = tuple(torch.from_numpy(feeds[n] if n in feeds else layout.pack(sample[n].numpy())) for n in inputs)
+        _, feeds = packed_feeds(sample, inputs)
+        example = tuple(torch.from_numpy(feeds[n]) for n in inputs)
     else:
         inputs = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in sample]
         example = tuple(sample[n] for n in inputs)

@@ -12,11 +12,12 @@ Measured: docs/performance.md#text-embeddings.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 # Tokens per row. all-MiniLM-L6-v2 (hidden size 384), 1 thread, batches of 4-32 of the benchmark's sentences: rows
-# of 64 cost 3.9-4.4 ms of CPU a sentence against 5.1 padded; rows of 256 cost up to 6.2 (attention over the row).
+# of 64 cost 3.9-4.5 ms of CPU a sentence against 5.1-5.2 padded; rows of 256 up to 6.2 (attention over the row).
 PACK_TOKENS = 64
 
 
@@ -37,7 +38,7 @@ class Packing:
         out[self.rows, self.slots] = padded[self.texts, self.columns]
         return out
 
-    def feeds(self, padded: np.ndarray) -> dict[str, np.ndarray]:
+    def feeds(self) -> dict[str, np.ndarray]:
         """Return the packed rows' position_ids and segments."""
         positions = np.zeros(self.shape, dtype=np.int64)
         positions[self.rows, self.slots] = self.positions
@@ -69,3 +70,15 @@ def pack(attention_mask: np.ndarray, capacity: int = PACK_TOKENS) -> Packing:
         fill[row] += lengths[text]
     return Packing((len(fill), max(1, int(fill.max()))), texts, columns, positions, row_of[texts],
                    start[texts] + positions)
+
+
+def packed_feeds(features: dict[str, Any], inputs: list[str]) -> tuple[Packing, dict[str, np.ndarray]]:
+    """Return the layout of a tokenized batch (tensors or arrays, with its attention_mask) and a packed graph's inputs:
+    position_ids and segments, and each other input named in inputs laid out in the rows."""
+    mask = np.asarray(features["attention_mask"])
+    layout = pack(mask)
+    feeds = layout.feeds()
+    for name in inputs:
+        if name not in feeds:
+            feeds[name] = layout.pack(np.asarray(features[name]))
+    return layout, feeds

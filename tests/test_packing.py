@@ -27,7 +27,7 @@ def test_every_token_goes_to_one_slot_and_comes_back(lengths: list[int], left: b
     rng = np.random.default_rng(0)
     ids = rng.integers(1, 30000, size=mask.shape) * mask
     packed = layout.pack(ids)
-    feeds = layout.feeds(mask)
+    feeds = layout.feeds()
     # No two tokens share a slot, every real token is in one, and nothing else is.
     assert (feeds["segments"] > 0).sum() == sum(lengths)
     assert np.count_nonzero(packed) == np.count_nonzero(ids)
